@@ -1,0 +1,513 @@
+//! The decoder's state machine: joins a coding group's manifest, member predictions and
+//! parity prediction, and decides for every query exactly once what to answer.
+//!
+//! It is driven from outside, quinn-proto style: the I/O layer hands it messages with
+//! [`Join::on_manifest`], [`Join::on_prediction`] and [`Join::on_parity`], calls
+//! [`Join::handle_timeout`] when [`Join::next_timeout`] is due, and drains what it decided
+//! with [`Join::poll_event`]. Time is always an argument (milliseconds since the epoch).
+//!
+//! Decisions made on arrival never depend on the clock: a real prediction is answered at
+//! once, and under [`Policy::Eager`] a reconstruction is answered as soon as it is
+//! possible. Every decision that waits for a deadline happens in `handle_timeout`, so a
+//! restarted decoder can replay its inputs first and only then let time act.
+//!
+//! Memory is bounded: a group is dropped once every member is answered and every
+//! prediction is in, or at its last hard deadline plus `late_linger_ms`; predictions that
+//! arrive before their manifest wait at most until their own hard deadline plus that
+//! linger.
+
+use crate::decode::reconstruct;
+use crate::offsets::{OffsetTracker, Origin};
+use crate::top1;
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::str::FromStr;
+
+/// When the decoder may answer with a reconstruction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// The paper's: reconstruct as soon as the parity and the k−1 others are in.
+    Eager,
+    /// Wait for the real prediction until the query's deadline, then reconstruct.
+    Deadline,
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Policy::Eager => "eager",
+            Policy::Deadline => "deadline",
+        })
+    }
+}
+
+impl FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "eager" => Ok(Policy::Eager),
+            "deadline" => Ok(Policy::Deadline),
+            other => Err(format!("unknown decoder policy '{other}': use 'deadline' or 'eager'")),
+        }
+    }
+}
+
+/// Settings of the join.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    pub policy: Policy,
+    /// Treat a model partition whose prediction missed a deadline as lagging: its other
+    /// pending members are reconstructed as soon as possible, not one deadline at a time.
+    pub lag_awareness: bool,
+    /// How long after a group's last hard deadline late predictions are still compared.
+    pub late_linger_ms: u64,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        Self { policy: Policy::Deadline, lag_awareness: true, late_linger_ms: 2_000 }
+    }
+}
+
+/// One query of a group, as the encoder's manifest describes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberSpec {
+    pub query_id: String,
+    pub index: u32,
+    pub model_partition: i32,
+    /// Under [`Policy::Deadline`], reconstruct once this passes.
+    pub deadline_at: u64,
+    /// Answer `Unavailable` once this passes without any answer.
+    pub hard_deadline_at: u64,
+}
+
+/// A coding group: its id and members. Every group has one parity query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupSpec {
+    pub group_id: String,
+    pub members: Vec<MemberSpec>,
+}
+
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    Model,
+    Reconstructed,
+    Unavailable,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Model => "MODEL",
+            Source::Reconstructed => "RECONSTRUCTED",
+            Source::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+/// The one answer for one query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emission {
+    pub group_id: String,
+    pub query_id: String,
+    pub index: u32,
+    pub source: Source,
+    /// Empty for `Unavailable`.
+    pub output: Vec<f32>,
+    pub at: u64,
+}
+
+/// What the join decided or noticed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Send this result.
+    Result(Emission),
+    /// A real prediction arrived after its query was answered otherwise. `agreed` compares
+    /// its top-1 with the reconstruction's (`None` when the answer was `Unavailable`).
+    Late { group_id: String, query_id: String, agreed: Option<bool>, late_by_ms: u64 },
+    /// A model partition started lagging (a prediction from it missed its deadline).
+    Lagging { model_partition: i32 },
+    /// Inputs that no manifest claimed before they expired were dropped.
+    Expired { group_id: String, inputs: usize },
+}
+
+#[derive(Debug)]
+struct Member {
+    spec: MemberSpec,
+    output: Option<Vec<f32>>,
+    answered: Option<(Source, Option<usize>)>,
+}
+
+#[derive(Debug)]
+struct Group {
+    members: Vec<Member>,
+    parity: Option<Vec<f32>>,
+}
+
+/// Predictions that arrived before their manifest.
+#[derive(Debug, Default)]
+struct Waiting {
+    outputs: Vec<(u32, Vec<f32>)>,
+    parity: Option<Vec<f32>>,
+    expires_at: u64,
+}
+
+#[derive(Debug)]
+enum State {
+    Open(Group),
+    Waiting(Waiting),
+}
+
+#[derive(Debug)]
+struct Entry {
+    state: State,
+    origins: Vec<Origin>,
+    timer: Option<u64>,
+}
+
+/// The per-group join of one decoder instance. See the module docs.
+#[derive(Debug)]
+pub struct Join {
+    config: JoinConfig,
+    entries: HashMap<String, Entry>,
+    timers: BTreeSet<(u64, String)>,
+    lagging: HashSet<i32>,
+    offsets: OffsetTracker,
+    events: VecDeque<Event>,
+}
+
+impl Join {
+    pub fn new(config: JoinConfig) -> Self {
+        Self {
+            config,
+            entries: HashMap::new(),
+            timers: BTreeSet::new(),
+            lagging: HashSet::new(),
+            offsets: OffsetTracker::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &JoinConfig {
+        &self.config
+    }
+
+    /// A group's manifest arrived.
+    pub fn on_manifest(&mut self, spec: GroupSpec, origin: Origin, now: u64) {
+        match self.entries.get_mut(&spec.group_id) {
+            Some(Entry { state: State::Open(_), .. }) => {
+                self.offsets.observe(origin); // a replayed duplicate
+                return;
+            }
+            Some(entry) => {
+                let State::Waiting(w) = std::mem::replace(&mut entry.state, State::Open(new_group(&spec))) else {
+                    unreachable!("matched above")
+                };
+                entry.origins.push(origin);
+                if let State::Open(g) = &mut entry.state {
+                    g.parity = w.parity;
+                    for (index, out) in w.outputs {
+                        if let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) {
+                            m.output.get_or_insert(out);
+                        }
+                    }
+                }
+            }
+            None => {
+                let entry = Entry { state: State::Open(new_group(&spec)), origins: vec![origin], timer: None };
+                self.entries.insert(spec.group_id.clone(), entry);
+            }
+        }
+        self.offsets.hold(origin);
+        self.advance(&spec.group_id, now, false);
+    }
+
+    /// A real prediction for member `index` of a group arrived. `hard_deadline_at` bounds
+    /// how long it may wait for its manifest.
+    pub fn on_prediction(&mut self, group_id: &str, index: u32, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
+        let late_linger = self.config.late_linger_ms;
+        let entry = self.entries.entry(group_id.to_string()).or_insert_with(|| Entry {
+            state: State::Waiting(Waiting { expires_at: hard_deadline_at + late_linger, ..Waiting::default() }),
+            origins: Vec::new(),
+            timer: None,
+        });
+        match &mut entry.state {
+            State::Waiting(w) => {
+                if w.outputs.iter().any(|(i, _)| *i == index) {
+                    self.offsets.observe(origin);
+                    return;
+                }
+                w.outputs.push((index, output));
+                w.expires_at = w.expires_at.max(hard_deadline_at + late_linger);
+            }
+            State::Open(g) => {
+                let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) else {
+                    self.offsets.observe(origin); // not a member of this group: ignore
+                    return;
+                };
+                if m.output.is_some() {
+                    self.offsets.observe(origin); // a duplicate
+                    return;
+                }
+                if now < m.spec.deadline_at {
+                    self.lagging.remove(&m.spec.model_partition);
+                }
+                if let Some((source, recon_top1)) = m.answered {
+                    let agreed = (source == Source::Reconstructed).then(|| top1(&output) == recon_top1);
+                    self.events.push_back(Event::Late {
+                        group_id: group_id.to_string(),
+                        query_id: m.spec.query_id.clone(),
+                        agreed,
+                        late_by_ms: now.saturating_sub(m.spec.deadline_at),
+                    });
+                }
+                m.output = Some(output);
+            }
+        }
+        entry.origins.push(origin);
+        self.offsets.hold(origin);
+        self.advance(group_id, now, false);
+    }
+
+    /// A group's parity prediction arrived.
+    pub fn on_parity(&mut self, group_id: &str, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
+        let late_linger = self.config.late_linger_ms;
+        let entry = self.entries.entry(group_id.to_string()).or_insert_with(|| Entry {
+            state: State::Waiting(Waiting { expires_at: hard_deadline_at + late_linger, ..Waiting::default() }),
+            origins: Vec::new(),
+            timer: None,
+        });
+        let slot = match &mut entry.state {
+            State::Waiting(w) => &mut w.parity,
+            State::Open(g) => &mut g.parity,
+        };
+        if slot.is_some() {
+            self.offsets.observe(origin);
+            return;
+        }
+        *slot = Some(output);
+        entry.origins.push(origin);
+        self.offsets.hold(origin);
+        self.advance(group_id, now, false);
+    }
+
+    /// Records an input that carried nothing for the join (e.g. a dead letter), so that
+    /// its offset can still be committed.
+    pub fn observe(&mut self, origin: Origin) {
+        self.offsets.observe(origin);
+    }
+
+    /// When [`Join::handle_timeout`] should next be called.
+    pub fn next_timeout(&self) -> Option<u64> {
+        self.timers.first().map(|(t, _)| *t)
+    }
+
+    /// Lets time act: deadlines, hard deadlines, lag, and dropping finished groups.
+    pub fn handle_timeout(&mut self, now: u64) {
+        // Each due group is advanced once per call, so no decision can loop.
+        let due: Vec<(u64, String)> = self.timers.iter().take_while(|(t, _)| *t <= now).cloned().collect();
+        for (t, id) in due {
+            self.timers.remove(&(t, id.clone()));
+            if let Some(e) = self.entries.get_mut(&id) {
+                e.timer = None;
+            }
+            self.advance(&id, now, true);
+        }
+    }
+
+    /// The next decision or notice, if any.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Offsets that are safe to commit, as `(topic, partition, next offset)`.
+    pub fn committable(&self) -> Vec<(u8, i32, i64)> {
+        self.offsets.all_committable()
+    }
+
+    /// Number of groups (open or waiting for a manifest) held in memory.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Model partitions currently considered lagging.
+    pub fn lagging_partitions(&self) -> Vec<i32> {
+        let mut v: Vec<i32> = self.lagging.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Applies every decision the group allows at `now`. `timed` is true only from
+    /// `handle_timeout`: then deadlines count.
+    fn advance(&mut self, id: &str, now: u64, timed: bool) {
+        let Some(entry) = self.entries.get_mut(id) else { return };
+        let mut newly_lagging = Vec::new();
+        let next = match &mut entry.state {
+            State::Waiting(w) => {
+                if timed && now >= w.expires_at {
+                    let inputs = w.outputs.len() + usize::from(w.parity.is_some());
+                    self.events.push_back(Event::Expired { group_id: id.to_string(), inputs });
+                    None
+                } else {
+                    Some(w.expires_at)
+                }
+            }
+            State::Open(g) => {
+                decide(g, id, &self.config, &self.lagging, now, timed, &mut self.events, &mut newly_lagging);
+                next_wakeup(g, &self.config, &self.lagging, now)
+            }
+        };
+        match next {
+            Some(t) => self.set_timer(id, t),
+            None => self.remove(id),
+        }
+        for p in newly_lagging {
+            if self.lagging.insert(p) {
+                self.events.push_back(Event::Lagging { model_partition: p });
+                self.on_lagging(p, now);
+            }
+        }
+    }
+
+    /// Reconstructs, where possible, every pending member on a partition that just lagged.
+    fn on_lagging(&mut self, partition: i32, now: u64) {
+        let affected: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| match &e.state {
+                State::Open(g) => g.members.iter().any(|m| m.answered.is_none() && m.spec.model_partition == partition),
+                State::Waiting(_) => false,
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in affected {
+            self.advance(&id, now, false);
+        }
+    }
+
+    fn set_timer(&mut self, id: &str, t: u64) {
+        let Some(e) = self.entries.get_mut(id) else { return };
+        if e.timer == Some(t) {
+            return;
+        }
+        if let Some(old) = e.timer.replace(t) {
+            self.timers.remove(&(old, id.to_string()));
+        }
+        self.timers.insert((t, id.to_string()));
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(e) = self.entries.remove(id) {
+            if let Some(t) = e.timer {
+                self.timers.remove(&(t, id.to_string()));
+            }
+            for o in e.origins {
+                self.offsets.release(o);
+            }
+        }
+    }
+}
+
+fn new_group(spec: &GroupSpec) -> Group {
+    Group {
+        members: spec.members.iter().map(|s| Member { spec: s.clone(), output: None, answered: None }).collect(),
+        parity: None,
+    }
+}
+
+/// Decides what each unanswered member of an open group gets at `now`.
+#[allow(clippy::too_many_arguments)]
+fn decide(
+    g: &mut Group,
+    id: &str,
+    config: &JoinConfig,
+    lagging: &HashSet<i32>,
+    now: u64,
+    timed: bool,
+    events: &mut VecDeque<Event>,
+    newly_lagging: &mut Vec<i32>,
+) {
+    for j in 0..g.members.len() {
+        if g.members[j].answered.is_some() {
+            continue;
+        }
+        let spec = g.members[j].spec.clone();
+        let past_deadline = timed && now >= spec.deadline_at;
+        if past_deadline && g.members[j].output.is_none() && config.lag_awareness {
+            newly_lagging.push(spec.model_partition);
+        }
+        let (source, output) = if let Some(out) = &g.members[j].output {
+            (Source::Model, out.clone())
+        } else {
+            let allowed = match config.policy {
+                Policy::Eager => true,
+                Policy::Deadline => past_deadline || (config.lag_awareness && lagging.contains(&spec.model_partition)),
+            };
+            match allowed.then(|| try_reconstruct(g, j)).flatten() {
+                Some(out) => (Source::Reconstructed, out),
+                None if timed && now >= spec.hard_deadline_at => (Source::Unavailable, Vec::new()),
+                None => continue,
+            }
+        };
+        let t1 = top1(&output);
+        g.members[j].answered = Some((source, t1));
+        events.push_back(Event::Result(Emission {
+            group_id: id.to_string(),
+            query_id: spec.query_id,
+            index: spec.index,
+            source,
+            output,
+            at: now,
+        }));
+    }
+}
+
+/// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
+fn try_reconstruct(g: &Group, j: usize) -> Option<Vec<f32>> {
+    let parity = g.parity.as_ref()?;
+    let mut others = Vec::with_capacity(g.members.len().saturating_sub(1));
+    for (i, m) in g.members.iter().enumerate() {
+        if i != j {
+            others.push(m.output.as_deref()?);
+        }
+    }
+    reconstruct(parity, others)
+}
+
+/// When the group next needs attention, or `None` when it can be dropped now.
+fn next_wakeup(g: &Group, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
+    let last_hard = g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now);
+    let drop_at = last_hard + config.late_linger_ms;
+    let everything_in = g.parity.is_some() && g.members.iter().all(|m| m.output.is_some());
+    let all_answered = g.members.iter().all(|m| m.answered.is_some());
+    if all_answered && (everything_in || now >= drop_at) {
+        return None;
+    }
+    let next_decision = g
+        .members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.answered.is_none())
+        .map(|(j, m)| {
+            // Under the deadline policy the deadline itself is a decision point: to
+            // reconstruct if possible, else to mark the partition as lagging.
+            let deadline_matters = config.policy == Policy::Deadline
+                && !(config.lag_awareness && lagging.contains(&m.spec.model_partition))
+                && (now < m.spec.deadline_at || try_reconstruct(g, j).is_some());
+            if deadline_matters {
+                m.spec.deadline_at
+            } else {
+                m.spec.hard_deadline_at
+            }
+        })
+        .min();
+    Some(next_decision.map_or(drop_at, |t| t.min(drop_at)))
+}
+
+#[cfg(test)]
+mod tests;

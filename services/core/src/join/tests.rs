@@ -1,0 +1,342 @@
+//! Tests of the join: unit cases for each rule, and property tests over random arrival
+//! orders, delays and deadlines.
+
+use super::*;
+use proptest::prelude::*;
+
+fn origin(topic: u8, offset: i64) -> Origin {
+    Origin { topic, partition: 0, offset }
+}
+
+fn spec(k: u32, deadline: u64, hard: u64) -> GroupSpec {
+    GroupSpec {
+        group_id: "g".into(),
+        members: (0..k)
+            .map(|i| MemberSpec {
+                query_id: format!("q{i}"),
+                index: i,
+                model_partition: i as i32,
+                deadline_at: deadline,
+                hard_deadline_at: hard,
+            })
+            .collect(),
+    }
+}
+
+fn results(j: &mut Join) -> Vec<Emission> {
+    let mut out = Vec::new();
+    while let Some(e) = j.poll_event() {
+        if let Event::Result(r) = e {
+            out.push(r);
+        }
+    }
+    out
+}
+
+fn config(policy: Policy, lag: bool) -> JoinConfig {
+    JoinConfig { policy, lag_awareness: lag, late_linger_ms: 100 }
+}
+
+#[test]
+fn model_predictions_are_answered_at_once_and_the_group_is_dropped() {
+    let mut j = Join::new(config(Policy::Deadline, true));
+    j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
+    j.on_prediction("g", 0, vec![1.0, 0.0], 100, origin(1, 0), 1);
+    j.on_prediction("g", 1, vec![0.0, 1.0], 100, origin(1, 1), 2);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|e| e.source == Source::Model));
+    assert_eq!(j.len(), 1, "kept until the parity arrives");
+    j.on_parity("g", vec![1.0, 1.0], 100, origin(2, 0), 3);
+    assert!(j.is_empty());
+    assert_eq!(j.committable(), vec![(0, 0, 1), (1, 0, 2), (2, 0, 1)]);
+}
+
+#[test]
+fn deadline_policy_waits_for_the_deadline_then_reconstructs() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
+    j.on_prediction("g", 0, vec![1.0, 2.0], 100, origin(1, 0), 1);
+    j.on_parity("g", vec![1.5, 7.0], 100, origin(2, 0), 2);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 1);
+    assert_eq!(j.next_timeout(), Some(50));
+    j.handle_timeout(49);
+    assert!(results(&mut j).is_empty());
+    j.handle_timeout(50);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].source, Source::Reconstructed);
+    assert_eq!(r[0].output, vec![0.5, 5.0]);
+    assert_eq!(r[0].at, 50);
+    // The real one arrives late and agrees with the reconstruction's top-1.
+    j.on_prediction("g", 1, vec![0.4, 5.1], 100, origin(1, 1), 60);
+    assert!(matches!(j.poll_event(), Some(Event::Late { agreed: Some(true), .. })));
+    assert!(j.is_empty());
+}
+
+#[test]
+fn parity_after_the_deadline_reconstructs_on_the_next_timeout() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
+    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
+    j.handle_timeout(50);
+    assert_eq!(results(&mut j).len(), 1);
+    j.on_parity("g", vec![3.0], 100, origin(2, 0), 70);
+    assert!(results(&mut j).is_empty(), "arrival alone never acts on a deadline");
+    assert_eq!(j.next_timeout(), Some(50));
+    j.handle_timeout(70);
+    let r = results(&mut j);
+    assert_eq!((r[0].source, r[0].output.clone()), (Source::Reconstructed, vec![2.0]));
+}
+
+#[test]
+fn eager_policy_reconstructs_as_soon_as_possible() {
+    let mut j = Join::new(config(Policy::Eager, false));
+    j.on_manifest(spec(3, 50, 100), origin(0, 0), 0);
+    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
+    j.on_parity("g", vec![6.0], 100, origin(2, 0), 2);
+    assert_eq!(results(&mut j).len(), 1);
+    j.on_prediction("g", 2, vec![2.0], 100, origin(1, 1), 3);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 2);
+    let q1 = r.iter().find(|e| e.query_id == "q1").unwrap();
+    assert_eq!((q1.source, q1.output.clone()), (Source::Reconstructed, vec![3.0]));
+}
+
+#[test]
+fn unavailable_at_the_hard_deadline_when_two_are_missing() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
+    j.on_parity("g", vec![3.0], 100, origin(2, 0), 2);
+    j.handle_timeout(50);
+    assert!(results(&mut j).is_empty());
+    j.handle_timeout(100);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 2);
+    assert!(r.iter().all(|e| e.source == Source::Unavailable && e.output.is_empty()));
+    j.handle_timeout(200);
+    assert!(j.is_empty(), "dropped after the late linger");
+}
+
+#[test]
+fn predictions_before_their_manifest_wait_for_it_or_expire() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 0);
+    j.on_manifest(spec(1, 50, 100), origin(0, 0), 1);
+    assert_eq!(results(&mut j)[0].source, Source::Model);
+
+    j.on_prediction("orphan", 0, vec![1.0], 100, origin(1, 1), 0);
+    j.handle_timeout(199);
+    assert_eq!(j.len(), 2);
+    j.handle_timeout(200);
+    assert!(matches!(j.poll_event(), Some(Event::Expired { inputs: 1, .. })));
+    assert!(j.is_empty());
+}
+
+#[test]
+fn a_lagging_partition_gets_its_pending_members_reconstructed_at_once() {
+    let mut j = Join::new(config(Policy::Deadline, true));
+    let mut a = spec(2, 50, 100);
+    a.group_id = "a".into();
+    let mut b = spec(2, 80, 130);
+    b.group_id = "b".into();
+    for (g, off) in [("a", 0), ("b", 1)] {
+        let s = if g == "a" { a.clone() } else { b.clone() };
+        j.on_manifest(s, origin(0, off), 0);
+        j.on_prediction(g, 0, vec![1.0], 200, origin(1, off), 1);
+        j.on_parity(g, vec![3.0], 200, origin(2, off), 1);
+    }
+    results(&mut j);
+    j.handle_timeout(50); // a's member on partition 1 misses its deadline
+    let r = results(&mut j);
+    assert_eq!(r.len(), 2, "a reconstructed at its deadline, b at once: {r:?}");
+    assert!(r.iter().all(|e| e.source == Source::Reconstructed && e.at == 50));
+    assert_eq!(j.lagging_partitions(), vec![1]);
+    // A timely prediction from the partition clears the lag.
+    let mut c = spec(2, 500, 600);
+    c.group_id = "c".into();
+    j.on_manifest(c, origin(0, 2), 60);
+    j.on_prediction("c", 1, vec![1.0], 600, origin(1, 2), 61);
+    assert!(j.lagging_partitions().is_empty());
+}
+
+#[test]
+fn duplicates_are_ignored_and_release_nothing_twice() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(spec(1, 50, 100), origin(0, 0), 0);
+    j.on_manifest(spec(1, 50, 100), origin(0, 1), 0);
+    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
+    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 1), 1);
+    assert_eq!(results(&mut j).len(), 1);
+    j.on_parity("g", vec![1.0], 100, origin(2, 0), 2);
+    assert!(j.is_empty());
+    assert_eq!(j.committable(), vec![(0, 0, 2), (1, 0, 2), (2, 0, 1)]);
+}
+
+/// How one simulated group unfolds: for each member, when (if ever) its prediction
+/// arrives; when the parity arrives; when the manifest arrives.
+#[derive(Debug, Clone)]
+struct Scenario {
+    k: u32,
+    deadline: u64,
+    hard_extra: u64,
+    manifest_at: u64,
+    member_at: Vec<Option<u64>>,
+    parity_at: Option<u64>,
+    policy: Policy,
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1u32..=5, 1u64..100, 0u64..100, 0u64..150, prop::bool::ANY).prop_flat_map(|(k, deadline, hard_extra, manifest_at, eager)| {
+        (
+            prop::collection::vec(prop::option::weighted(0.8, 0u64..300), k as usize),
+            prop::option::weighted(0.8, 0u64..300),
+        )
+            // Times are spread so that no two arrivals share a millisecond: then "was it
+            // in when the answer was made" has one meaning.
+            .prop_map(move |(member_at, parity_at)| Scenario {
+                k,
+                deadline: deadline * 8,
+                hard_extra: hard_extra * 8,
+                manifest_at: manifest_at * 8,
+                member_at: member_at.iter().enumerate().map(|(i, t)| t.map(|t| t * 8 + 1 + i as u64)).collect(),
+                parity_at: parity_at.map(|t| t * 8 + 7),
+                policy: if eager { Policy::Eager } else { Policy::Deadline },
+            })
+    })
+}
+
+/// Linear F: F(x) = W x, with Fp = F; then reconstruction is exact.
+fn linear_f(x: f32, i: u32) -> Vec<f32> {
+    vec![x, 2.0 * x + i as f32 * 0.0, -x]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn exactly_one_result_per_query_and_never_a_reconstruction_too_early(sc in scenario()) {
+        let mut j = Join::new(JoinConfig { policy: sc.policy, lag_awareness: false, late_linger_ms: 50 });
+        let hard = sc.deadline + sc.hard_extra;
+        let s = spec(sc.k, sc.deadline, hard);
+        let xs: Vec<f32> = (0..sc.k).map(|i| i as f32 + 1.5).collect();
+        let parity_out = linear_f(xs.iter().sum(), 0);
+        // Events in time order; ties: manifest, members, parity.
+        let mut arrivals: Vec<(u64, u8, u32)> = vec![(sc.manifest_at, 0, 0)];
+        for (i, t) in sc.member_at.iter().enumerate() {
+            if let Some(t) = t { arrivals.push((*t, 1, i as u32)); }
+        }
+        if let Some(t) = sc.parity_at { arrivals.push((t, 2, 0)); }
+        arrivals.sort();
+        let mut answered: HashMap<String, Emission> = HashMap::new();
+        let mut seq = 0i64;
+        let mut clock = 0u64;
+        let mut step = |j: &mut Join, now: u64, answered: &mut HashMap<String, Emission>| -> Result<(), TestCaseError> {
+            while let Some(t) = j.next_timeout() { if t > now { break; } j.handle_timeout(now); }
+            while let Some(e) = j.poll_event() {
+                if let Event::Result(r) = e {
+                    prop_assert!(answered.insert(r.query_id.clone(), r.clone()).is_none(), "two results for {}", r.query_id);
+                }
+            }
+            Ok(())
+        };
+        for (n, &(t, kind, i)) in arrivals.iter().enumerate() {
+            // let time pass up to this arrival, one millisecond at a time at the decision points
+            // (an arrival at the same millisecond as a deadline wins)
+            for now in clock..t { if j.next_timeout().is_some_and(|d| d <= now) { step(&mut j, now, &mut answered)?; } }
+            clock = t;
+            seq += 1;
+            match kind {
+                0 => j.on_manifest(s.clone(), origin(0, seq), t),
+                1 => j.on_prediction("g", i, linear_f(xs[i as usize], i), hard, origin(1, seq), t),
+                _ => j.on_parity("g", parity_out.clone(), hard, origin(2, seq), t),
+            }
+            // all arrivals of one millisecond come in before its deadlines act
+            if arrivals.get(n + 1).is_none_or(|next| next.0 > t) { step(&mut j, t, &mut answered)?; }
+        }
+        let end = 8000;
+        for now in clock..=end { if j.next_timeout().is_some_and(|d| d <= now) { step(&mut j, now, &mut answered)?; } }
+        step(&mut j, end, &mut answered)?;
+
+        prop_assert_eq!(answered.len(), sc.k as usize, "every query answered once");
+        prop_assert!(j.is_empty(), "state dropped at the end");
+        prop_assert_eq!(j.committable().iter().filter(|(t, _, _)| *t == 0).count(), 1);
+        let available = |t: Option<u64>, now: u64| t.is_some_and(|t| t <= now);
+        for (i, m) in s.members.iter().enumerate() {
+            let r = &answered[&m.query_id];
+            let manifest_in = sc.manifest_at <= r.at;
+            prop_assert!(manifest_in, "answered before the manifest arrived");
+            match r.source {
+                Source::Model => {
+                    prop_assert!(available(sc.member_at[i], r.at));
+                    prop_assert_eq!(&r.output, &linear_f(xs[i], i as u32));
+                }
+                Source::Reconstructed => {
+                    prop_assert!(!available(sc.member_at[i], r.at), "reconstructed although the real one was in");
+                    prop_assert!(available(sc.parity_at, r.at));
+                    for (o, t) in sc.member_at.iter().enumerate() {
+                        if o != i { prop_assert!(available(*t, r.at), "reconstructed without member {}", o); }
+                    }
+                    if sc.policy == Policy::Deadline { prop_assert!(r.at >= sc.deadline, "reconstructed before the deadline"); }
+                    let want = linear_f(xs[i], i as u32);
+                    for (a, b) in r.output.iter().zip(&want) { prop_assert!((a - b).abs() < 1e-4, "{:?} vs {:?}", r.output, want); }
+                }
+                Source::Unavailable => {
+                    prop_assert!(r.at >= hard, "unavailable before the hard deadline");
+                    // Predictions wait for their manifest only until hard deadline + linger.
+                    let expired_unclaimed = sc.manifest_at >= hard + 50;
+                    prop_assert!(!available(sc.member_at[i], r.at) || expired_unclaimed);
+                }
+            }
+            // The answer is never later than needed: a real prediction in by the hard
+            // deadline is always used or beaten by a reconstruction.
+            if let Some(t) = sc.member_at[i] {
+                if t >= sc.manifest_at && t < hard { prop_assert!(r.source != Source::Unavailable); }
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn reconstruction_of_a_linear_model_is_exact_for_every_erasure(k in 1usize..=8, seed in 0u64..1000) {
+        // F(x) = A x for a fixed 3x4 A; parity P = Σ Xi; Fp = F.
+        let a = |x: &[f32]| -> Vec<f32> {
+            (0..3).map(|r| x.iter().enumerate().map(|(c, v)| v * ((r * 4 + c) as f32 * 0.37 - 1.0)).sum()).collect()
+        };
+        let xs: Vec<Vec<f32>> = (0..k).map(|i| (0..4).map(|c| ((seed as usize * 31 + i * 7 + c * 3) % 17) as f32 - 8.0).collect()).collect();
+        let refs: Vec<crate::Tensor> = xs.iter().map(|x| crate::Tensor::new(vec![4], x.clone()).unwrap()).collect();
+        let p = crate::ParityEncoder::Addition.encode(k, &refs.iter().collect::<Vec<_>>()).unwrap();
+        let fp = a(p.data());
+        let outs: Vec<Vec<f32>> = xs.iter().map(|x| a(x)).collect();
+        for j in 0..k {
+            let others = outs.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, o)| o.as_slice());
+            let got = reconstruct(&fp, others).unwrap();
+            for (g, w) in got.iter().zip(&outs[j]) { prop_assert!((g - w).abs() < 1e-3, "k={} j={}: {} vs {}", k, j, g, w); }
+        }
+    }
+}
+
+#[test]
+fn state_stays_bounded_over_a_long_run() {
+    let mut j = Join::new(config(Policy::Deadline, true));
+    let mut max_len = 0;
+    for n in 0..20_000u64 {
+        let now = n;
+        let id = format!("g{n}");
+        let mut s = spec(2, now + 20, now + 40);
+        s.group_id = id.clone();
+        j.on_manifest(s, origin(0, n as i64), now);
+        // every 7th group loses a member, every 11th loses its parity, every 13th a late member
+        if n % 7 != 0 { j.on_prediction(&id, 0, vec![1.0, 0.0], now + 40, origin(1, 2 * n as i64), now); }
+        if n % 13 != 0 { j.on_prediction(&id, 1, vec![0.0, 1.0], now + 40, origin(1, 2 * n as i64 + 1), now); }
+        if n % 11 != 0 { j.on_parity(&id, vec![1.0, 1.0], now + 40, origin(2, n as i64), now); }
+        j.handle_timeout(now);
+        while j.poll_event().is_some() {}
+        max_len = max_len.max(j.len());
+    }
+    assert!(max_len < 200, "join held {max_len} groups");
+    j.handle_timeout(1_000_000);
+    assert!(j.is_empty());
+}

@@ -1,0 +1,3 @@
+from parm_training.cli import main
+
+raise SystemExit(main())

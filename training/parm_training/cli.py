@@ -1,0 +1,256 @@
+"""Command line: python -m parm_training {base,parity,export-data,check} ...
+
+    base         train the deployed model F, export it, write its manifest
+    parity       train a parity model Fp against an exported F, export, write its manifest
+    export-data  write the first N test images and labels as IDX files for the Rust side
+    check        run manifests' models on their reference inputs (what the Rust test does)
+
+scripts/train-models runs the whole sequence that produced models/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from parm_training import data, encoders, export, train
+from parm_training.idx import write_idx
+
+VALIDATION_SIZE = 5000
+SPLIT_SEED = 0
+TEST_GROUP_SEED = 1234
+REFERENCE_COUNT = 3
+
+
+def _command(argv: list[str]) -> str:
+    return "python -m parm_training " + shlex.join(argv)
+
+
+def _budget(minutes: float | None) -> float | None:
+    return None if minutes is None else minutes * 60.0
+
+
+def _split(ds: data.Dataset) -> tuple[data.Split, data.Split]:
+    return data.train_validation_split(ds.train, VALIDATION_SIZE, SPLIT_SEED)
+
+
+def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: train.Hyper, argv: list[str], arch: str) -> dict:
+    return {
+        "epochs": trained.epochs_run,
+        "seconds": round(trained.seconds, 1),
+        "command": _command(argv),
+        "best_epoch": trained.best_epoch,
+        "epochs_requested": args.epochs,
+        "arch": arch,
+        "optimizer": {"name": "adam", "lr": hyper.lr, "weight_decay": hyper.weight_decay, "batch_size": hyper.batch_size},
+        "seed": hyper.seed,
+        "validation": {"size": VALIDATION_SIZE, "seed": SPLIT_SEED, "best": round(trained.best_validation, 6)},
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def cmd_base(args: argparse.Namespace, argv: list[str]) -> int:
+    ds = data.load(args.dataset)
+    fit, val = _split(ds)
+    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size or 64, seed=args.seed)
+    if args.limit:
+        fit = fit.take(slice(0, args.limit))
+    trained = train.train_base(
+        args.arch, fit.floats(), fit.labels, val.floats(), val.labels,
+        ds.mean, ds.std, ds.num_classes, args.epochs, hyper, _budget(args.max_minutes),
+    )
+    name = args.name or f"{ds.name}-{args.arch}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / f"{name}.onnx"
+    test_x = ds.test.floats()
+    export.export_onnx(trained.model, onnx_path, ds.input_shape)
+    worst = export.verify_onnx(onnx_path, trained.model, test_x[:64])
+    f = export.OnnxModel(onnx_path)
+    test_top1 = float((f(test_x).argmax(1) == ds.test.labels).mean())
+    manifest = {
+        "name": name,
+        "file": onnx_path.name,
+        "dataset": ds.name,
+        "role": "base",
+        "input_shape": list(ds.input_shape),
+        "input_range": [0.0, 1.0],
+        "normalization": {"mean": ds.mean, "std": ds.std, "in_graph": True},
+        "output_size": ds.num_classes,
+        "accuracy": {"test_top1": round(test_top1, 6)},
+        "reference": export.reference_io(f, test_x[:REFERENCE_COUNT]),
+        "training": {**_training_info(args, trained, hyper, argv, args.arch), "train_examples": len(fit)},
+    }
+    export.write_manifest(out / f"{name}.json", manifest)
+    export.check_manifest(out / f"{name}.json")
+    train.log(
+        f"F {name}: test top-1 {test_top1:.4f}, best epoch {trained.best_epoch}/{trained.epochs_run}, "
+        f"{trained.seconds:.0f}s; ONNX matches PyTorch to {worst:.2g}; wrote {onnx_path} and {name}.json"
+    )
+    return 0
+
+
+def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
+    base_path = Path(args.base)
+    if base_path.suffix != ".json":
+        base_path = base_path.with_suffix(".json")
+    base = export.read_manifest(base_path)
+    if base.get("role") != "base":
+        raise SystemExit(f"{base_path}: role is '{base.get('role')}', expected a base model")
+    encoder = encoders.get(args.encoder)
+    encoder.check_k(args.k)
+    arch = args.arch or base["training"].get("arch", "mlp")
+    ds = data.load(base["dataset"])
+    fit, val = _split(ds)
+    if args.limit:
+        fit = fit.take(slice(0, args.limit))
+    fit_x, val_x, test_x = fit.floats(), val.floats(), ds.test.floats()
+
+    # F is frozen: its logits are computed once, from the exported ONNX model, which is
+    # exactly what the serving side subtracts when it decodes.
+    f = export.OnnxModel(base_path.parent / base["file"], threads=torch.get_num_threads())
+    t0 = time.monotonic()
+    fit_logits, val_logits, test_logits = f(fit_x), f(val_x), f(test_x)
+    train.log(f"F logits for {len(fit_x) + len(val_x) + len(test_x)} examples in {time.monotonic() - t0:.1f}s")
+
+    batch = args.batch_size or train.default_parity_batch(args.k)
+    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed)
+    trained = train.train_parity(
+        arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
+        ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes),
+    )
+
+    name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx_path = out / f"{name}.onnx"
+    groups = train.make_groups(len(test_x), args.k, TEST_GROUP_SEED)
+    parity_x = train.encode_groups(encoder, test_x, groups)
+    export.export_onnx(trained.model, onnx_path, ds.input_shape)
+    worst = export.verify_onnx(onnx_path, trained.model, parity_x[:64])
+    fp = export.OnnxModel(onnx_path)
+    d = train.degraded(encoder, args.k, fp, test_x, test_logits, ds.test.labels, groups)
+    p_mean, p_std = encoder.normalization(ds.mean, ds.std, args.k)
+    info = _training_info(args, trained, hyper, argv, arch)
+    info["train_examples"] = len(fit)
+    info["evaluation"] = {
+        "split": "test",
+        "groups": d.groups,
+        "reconstructions": d.reconstructions,
+        "group_seed": TEST_GROUP_SEED,
+        "how": "seeded random groups of k test examples; each member erased in turn and decoded "
+        "as Fp(P) - sum of the other members' F outputs (F = the base ONNX model)",
+    }
+    manifest = {
+        "name": name,
+        "file": onnx_path.name,
+        "dataset": ds.name,
+        "role": "parity",
+        "base": base["name"],
+        "k": args.k,
+        "encoder": encoder.name,
+        "input_shape": list(ds.input_shape),
+        "input_range": list(encoder.input_range(args.k)),
+        "normalization": {"mean": round(p_mean, 6), "std": p_std, "in_graph": True},
+        "output_size": ds.num_classes,
+        "accuracy": {
+            "reconstruction_top1": round(d.reconstruction_top1, 6),
+            "agreement_with_base": round(d.agreement_with_base, 6),
+            "base_top1": round(d.base_top1, 6),
+        },
+        "reference": export.reference_io(fp, parity_x[:REFERENCE_COUNT]),
+        "training": info,
+    }
+    export.write_manifest(out / f"{name}.json", manifest)
+    export.check_manifest(out / f"{name}.json")
+    train.log(
+        f"Fp {name}: degraded top-1 {d.reconstruction_top1:.4f} (F {d.base_top1:.4f}), agreement with F "
+        f"{d.agreement_with_base:.4f} over {d.reconstructions} reconstructions; best epoch "
+        f"{trained.best_epoch}/{trained.epochs_run}, {trained.seconds:.0f}s; ONNX matches PyTorch to {worst:.2g}"
+    )
+    return 0
+
+
+def cmd_export_data(args: argparse.Namespace, argv: list[str]) -> int:
+    ds = data.load(args.dataset)
+    n = min(args.count, len(ds.test))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    images = out / f"{ds.name}-test-images.idx3-ubyte"
+    labels = out / f"{ds.name}-test-labels.idx1-ubyte"
+    write_idx(images, ds.test.images[:n])
+    write_idx(labels, ds.test.labels[:n].astype(np.uint8))
+    train.log(f"wrote the first {n} {ds.name} test examples to {images} and {labels}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, argv: list[str]) -> int:
+    failed = 0
+    for path in args.manifests:
+        try:
+            worst = export.check_manifest(path)
+            print(f"ok   {path}: reference reproduced to {worst:.2g}")
+        except (AssertionError, FileNotFoundError, KeyError, ValueError) as e:
+            print(f"FAIL {path}: {e}")
+            failed += 1
+    return 1 if failed else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m parm_training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: leave the other core free)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def training_args(s: argparse.ArgumentParser) -> None:
+        s.add_argument("--epochs", type=int, required=True, help="maximum number of epochs")
+        s.add_argument("--max-minutes", type=float, help="stop early once this much training time is spent")
+        s.add_argument("--lr", type=float, default=1e-3)
+        s.add_argument("--weight-decay", type=float, default=1e-5)
+        s.add_argument("--batch-size", type=int, help="examples (F) or coding groups (Fp) per step")
+        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--limit", type=int, help="train on only the first N training examples (for tests)")
+        s.add_argument("--out", default="models", help="output folder (default: models)")
+        s.add_argument("--name", help="model name (default: derived)")
+
+    b = sub.add_parser("base", help="train and export the deployed model F")
+    b.add_argument("--dataset", choices=data.DATASETS, default="mnist")
+    b.add_argument("--arch", default="mlp")
+    training_args(b)
+    b.set_defaults(run=cmd_base)
+
+    q = sub.add_parser("parity", help="train and export a parity model Fp for an exported F")
+    q.add_argument("--base", required=True, help="the base model's manifest (models/mnist-mlp.json)")
+    q.add_argument("--k", type=int, default=2)
+    q.add_argument("--encoder", choices=sorted(encoders.ENCODERS), default="addition")
+    q.add_argument("--arch", help="Fp's architecture (default: F's)")
+    training_args(q)
+    q.set_defaults(run=cmd_parity)
+
+    e = sub.add_parser("export-data", help="write test images and labels as IDX files")
+    e.add_argument("--dataset", choices=data.DATASETS, default="mnist")
+    e.add_argument("--count", type=int, default=2000)
+    e.add_argument("--out", default="models/data")
+    e.set_defaults(run=cmd_export_data)
+
+    c = sub.add_parser("check", help="check manifests' reference outputs against their ONNX models")
+    c.add_argument("manifests", nargs="+")
+    c.set_defaults(run=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    try:
+        return args.run(args, argv)
+    except data.DataMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,69 @@
+"""Architectures. Each takes raw inputs and normalizes inside the graph.
+
+A model's input is what the serving side sends: raw pixels in [0, 1] for F, the encoded
+parity query for Fp (for addition, the sum of k raw images, in [0, k]). The first op of
+the graph is (x - mean) / std, with the constants chosen per role (see encoders).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std with constant scalars, exported as two ONNX ops."""
+
+    def __init__(self, mean: float, std: float) -> None:
+        super().__init__()
+        self.mean = float(mean)
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean}, std={self.std}"
+
+
+class MLP(nn.Module):
+    """The paper's MNIST / Fashion-MNIST MLP: 784-200-100-10 with ReLU, logits out."""
+
+    def __init__(
+        self,
+        mean: float,
+        std: float,
+        input_shape: tuple[int, ...] = (1, 28, 28),
+        hidden: tuple[int, ...] = (200, 100),
+        num_classes: int = 10,
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        width = 1
+        for d in input_shape:
+            width *= d
+        layers: list[nn.Module] = [nn.Flatten()]
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(x))
+
+
+# name -> builder(mean, std, input_shape, num_classes). ResNet-18 goes here when needed.
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "mlp": lambda mean, std, input_shape, num_classes: MLP(mean, std, input_shape, num_classes=num_classes),
+}
+
+
+def build(arch: str, mean: float, std: float, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    try:
+        builder = ARCHITECTURES[arch]
+    except KeyError:
+        raise ValueError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})") from None
+    return builder(mean, std, tuple(input_shape), num_classes)

@@ -1,0 +1,234 @@
+"""Training F, training Fp against a frozen F, and measuring degraded-mode accuracy.
+
+The parity recipe follows the reference code (Thesys-lab/parity-models, train/):
+targets are F's logits on un-augmented inputs, computed once; Fp has F's architecture and
+a random init; loss MSE(Fp(P), sum_i F(Xi)); Adam lr 1e-3, weight decay 1e-5; 64 groups
+per minibatch for k = 2 (32 for k >= 3); every single-erasure pattern is decoded on the
+validation groups and the epoch with the best reconstruction top-1 (agreement with F) wins.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from parm_training import encoders as enc
+from parm_training import models
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """Optimizer settings; the defaults are the reference's."""
+
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    batch_size: int = 64  # examples for F, coding groups for Fp
+    seed: int = 0
+
+
+@dataclass
+class Trained:
+    """A model at its best epoch, and how it got there."""
+
+    model: nn.Module
+    best_epoch: int  # 1-based
+    best_validation: float
+    epochs_run: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+
+
+def predict_torch(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
+    model.eval()
+    x = torch.as_tensor(x)
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+
+
+def _fit(
+    model: nn.Module,
+    hyper: Hyper,
+    epochs: int,
+    max_seconds: float | None,
+    n_items: int,
+    step: Callable[[torch.Tensor], torch.Tensor],
+    validate: Callable[[nn.Module], dict],
+    metric: str,
+    what: str,
+    begin_epoch: Callable[[], None] | None = None,
+) -> Trained:
+    """The loop shared by F and Fp: shuffle, minibatch, Adam, keep the best validated epoch."""
+    opt = torch.optim.Adam(model.parameters(), lr=hyper.lr, weight_decay=hyper.weight_decay)
+    gen = torch.Generator().manual_seed(hyper.seed)
+    best, best_epoch, best_state = -1.0, 0, None
+    history: list[dict] = []
+    start = time.monotonic()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        t0 = time.monotonic()
+        if begin_epoch is not None:
+            begin_epoch()
+        model.train()
+        order = torch.randperm(n_items, generator=gen)
+        total, count = 0.0, 0
+        for i in range(0, n_items, hyper.batch_size):
+            loss = step(order[i : i + hyper.batch_size])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            count += 1
+        row = {"epoch": epoch, "loss": total / max(count, 1), **validate(model)}
+        row["seconds"] = time.monotonic() - t0
+        history.append(row)
+        marker = ""
+        if row[metric] > best:
+            best, best_epoch, best_state = row[metric], epoch, copy.deepcopy(model.state_dict())
+            marker = " *"
+        log(f"{what} epoch {epoch}/{epochs}: loss {row['loss']:.5f} {metric} {row[metric]:.4f} ({row['seconds']:.1f}s){marker}")
+        elapsed = time.monotonic() - start
+        if max_seconds is not None and elapsed + row["seconds"] > max_seconds and epoch < epochs:
+            log(f"{what}: stopping after epoch {epoch}: time budget of {max_seconds:.0f}s reached")
+            break
+    assert best_state is not None, "no epoch ran"
+    model.load_state_dict(best_state)
+    model.eval()
+    return Trained(model, best_epoch, best, epoch, time.monotonic() - start, history)
+
+
+def train_base(
+    arch: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray,
+    val_y: np.ndarray,
+    mean: float,
+    std: float,
+    num_classes: int,
+    epochs: int,
+    hyper: Hyper = Hyper(),
+    max_seconds: float | None = None,
+) -> Trained:
+    """Trains the deployed model F with cross-entropy; best epoch by validation top-1."""
+    torch.manual_seed(hyper.seed)
+    model = models.build(arch, mean, std, train_x.shape[1:], num_classes)
+    x, y = torch.as_tensor(train_x), torch.as_tensor(train_y)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        return loss_fn(model(x[idx]), y[idx])
+
+    def validate(m: nn.Module) -> dict:
+        return {"val_top1": float((predict_torch(m, val_x).argmax(1) == val_y).mean())}
+
+    return _fit(model, hyper, epochs, max_seconds, len(x), step, validate, "val_top1", "F")
+
+
+def make_groups(n: int, k: int, seed: int) -> np.ndarray:
+    """A seeded random partition of range(n) into n // k groups of k (the rest left out)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return order[: (n // k) * k].reshape(-1, k)
+
+
+def encode_groups(encoder: enc.Encoder, x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Parity queries [len(groups), C, H, W] for the given groups of indices into x."""
+    with torch.no_grad():
+        return encoder.encode(torch.as_tensor(x[groups])).numpy()
+
+
+@dataclass
+class Degraded:
+    """Degraded-mode quality over groups, each member erased in turn."""
+
+    reconstruction_top1: float  # decoded top-1 against the true labels
+    agreement_with_base: float  # decoded top-1 against F's top-1
+    base_top1: float  # F's top-1 against the true labels, same examples
+    groups: int
+    reconstructions: int
+
+
+def degraded(
+    encoder: enc.Encoder,
+    k: int,
+    parity_predict: Predict,
+    x: np.ndarray,
+    base_logits: np.ndarray,
+    labels: np.ndarray | None,
+    groups: np.ndarray,
+) -> Degraded:
+    parity_out = torch.as_tensor(parity_predict(encode_groups(encoder, x, groups)))
+    member_out = torch.as_tensor(base_logits[groups])  # [n, k, C]
+    decoded = enc.decode(parity_out, member_out).argmax(-1).numpy()  # [n, k]
+    base_top = base_logits.argmax(-1)[groups]
+    agreement = float((decoded == base_top).mean())
+    if labels is None:
+        return Degraded(float("nan"), agreement, float("nan"), len(groups), decoded.size)
+    truth = labels[groups]
+    return Degraded(float((decoded == truth).mean()), agreement, float((base_top == truth).mean()), len(groups), decoded.size)
+
+
+def default_parity_batch(k: int) -> int:
+    return 64 if k <= 2 else 32
+
+
+def train_parity(
+    arch: str,
+    encoder: enc.Encoder,
+    k: int,
+    train_x: np.ndarray,
+    train_logits: np.ndarray,
+    val_x: np.ndarray,
+    val_logits: np.ndarray,
+    mean: float,
+    std: float,
+    epochs: int,
+    hyper: Hyper = Hyper(),
+    max_seconds: float | None = None,
+) -> Trained:
+    """Trains Fp for (encoder, k) against F's cached logits; F itself is never touched.
+
+    Groups are redrawn every epoch (a fresh permutation of the training examples), so Fp
+    sees many different sums; validation groups are fixed so epochs compare fairly.
+    The reference uses 64 groups per minibatch for k = 2 and 32 for k >= 3: the caller
+    sets hyper.batch_size (see default_parity_batch).
+    """
+    encoder.check_k(k)
+    torch.manual_seed(hyper.seed)
+    p_mean, p_std = encoder.normalization(mean, std, k)
+    model = models.build(arch, p_mean, p_std, train_x.shape[1:], train_logits.shape[1])
+    x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
+    n_groups = len(x) // k
+    gen = torch.Generator().manual_seed(hyper.seed + 1)
+    epoch_groups = torch.empty(0, k, dtype=torch.long)
+    loss_fn = nn.MSELoss()
+
+    def begin_epoch() -> None:
+        # A fresh random grouping of the training examples every epoch.
+        nonlocal epoch_groups
+        epoch_groups = torch.randperm(len(x), generator=gen)[: n_groups * k].reshape(n_groups, k)
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        groups = epoch_groups[idx]
+        return loss_fn(model(encoder.encode(x[groups])), t[groups].sum(dim=1))
+
+    val_groups = make_groups(len(val_x), k, hyper.seed + 2)
+
+    def validate(m: nn.Module) -> dict:
+        d = degraded(encoder, k, lambda p: predict_torch(m, p), val_x, val_logits, None, val_groups)
+        return {"val_reconstruction": d.agreement_with_base}
+
+    what = f"Fp[{encoder.name},k={k}]"
+    return _fit(model, hyper, epochs, max_seconds, n_groups, step, validate, "val_reconstruction", what, begin_epoch)
