@@ -1,1 +1,31 @@
-//! stub
+//! # parm-common: what every parm service shares
+//!
+//! ## Layout
+//!
+//! - [`avro`]: schemas from `schemas/*.avsc` and the binary codec.
+//! - [`records`]: the Rust form of every record on every topic.
+//! - [`kafka`]: connection settings, topic names, producer/consumer setup, admin, headers.
+//! - [`telemetry`]: logging, OpenTelemetry tracing with W3C `traceparent` in Kafka headers.
+//! - [`metrics`]: the Prometheus `/metrics` endpoint and consumer-lag gauges.
+//! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
+//! - [`dead_letter`]: building `parm.dead-letters` records.
+//! - [`outbox`]: produced batches whose acknowledgement gates offset commits.
+//! - [`shutdown`]: one signal that tells every loop to stop cleanly.
+
+pub mod avro;
+pub mod dead_letter;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod outbox;
+pub mod records;
+pub mod shutdown;
+pub mod telemetry;
+
+/// Milliseconds since the Unix epoch: the one clock every service uses.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -71,7 +71,7 @@ impl Default for JoinConfig {
 
 /// One query of a group, as the encoder's manifest describes it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct MemberSpec {
+pub struct MemberSpec<M = ()> {
     pub query_id: String,
     pub index: u32,
     pub model_partition: i32,
@@ -79,13 +79,16 @@ pub struct MemberSpec {
     pub deadline_at: u64,
     /// Answer `Unavailable` once this passes without any answer.
     pub hard_deadline_at: u64,
+    /// The caller's own data about the query (timings, trace context), handed back with
+    /// its answer.
+    pub meta: M,
 }
 
 /// A coding group: its id and members. Every group has one parity query.
 #[derive(Debug, Clone, PartialEq)]
-pub struct GroupSpec {
+pub struct GroupSpec<M = ()> {
     pub group_id: String,
-    pub members: Vec<MemberSpec>,
+    pub members: Vec<MemberSpec<M>>,
 }
 
 /// Where an answer came from.
@@ -108,7 +111,7 @@ impl Source {
 
 /// The one answer for one query.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Emission {
+pub struct Emission<M = ()> {
     pub group_id: String,
     pub query_id: String,
     pub index: u32,
@@ -116,13 +119,14 @@ pub struct Emission {
     /// Empty for `Unavailable`.
     pub output: Vec<f32>,
     pub at: u64,
+    pub meta: M,
 }
 
 /// What the join decided or noticed.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Event {
+pub enum Event<M = ()> {
     /// Send this result.
-    Result(Emission),
+    Result(Emission<M>),
     /// A real prediction arrived after its query was answered otherwise. `agreed` compares
     /// its top-1 with the reconstruction's (`None` when the answer was `Unavailable`).
     Late { group_id: String, query_id: String, agreed: Option<bool>, late_by_ms: u64 },
@@ -133,15 +137,15 @@ pub enum Event {
 }
 
 #[derive(Debug)]
-struct Member {
-    spec: MemberSpec,
+struct Member<M> {
+    spec: MemberSpec<M>,
     output: Option<Vec<f32>>,
     answered: Option<(Source, Option<usize>)>,
 }
 
 #[derive(Debug)]
-struct Group {
-    members: Vec<Member>,
+struct Group<M> {
+    members: Vec<Member<M>>,
     parity: Option<Vec<f32>>,
 }
 
@@ -154,30 +158,30 @@ struct Waiting {
 }
 
 #[derive(Debug)]
-enum State {
-    Open(Group),
+enum State<M> {
+    Open(Group<M>),
     Waiting(Waiting),
 }
 
 #[derive(Debug)]
-struct Entry {
-    state: State,
+struct Entry<M> {
+    state: State<M>,
     origins: Vec<Origin>,
     timer: Option<u64>,
 }
 
 /// The per-group join of one decoder instance. See the module docs.
 #[derive(Debug)]
-pub struct Join {
+pub struct Join<M = ()> {
     config: JoinConfig,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<String, Entry<M>>,
     timers: BTreeSet<(u64, String)>,
     lagging: HashSet<i32>,
     offsets: OffsetTracker,
-    events: VecDeque<Event>,
+    events: VecDeque<Event<M>>,
 }
 
-impl Join {
+impl<M: Clone> Join<M> {
     pub fn new(config: JoinConfig) -> Self {
         Self {
             config,
@@ -194,7 +198,7 @@ impl Join {
     }
 
     /// A group's manifest arrived.
-    pub fn on_manifest(&mut self, spec: GroupSpec, origin: Origin, now: u64) {
+    pub fn on_manifest(&mut self, spec: GroupSpec<M>, origin: Origin, now: u64) {
         match self.entries.get_mut(&spec.group_id) {
             Some(Entry { state: State::Open(_), .. }) => {
                 self.offsets.observe(origin); // a replayed duplicate
@@ -317,7 +321,7 @@ impl Join {
     }
 
     /// The next decision or notice, if any.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<Event<M>> {
         self.events.pop_front()
     }
 
@@ -413,7 +417,7 @@ impl Join {
     }
 }
 
-fn new_group(spec: &GroupSpec) -> Group {
+fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
     Group {
         members: spec.members.iter().map(|s| Member { spec: s.clone(), output: None, answered: None }).collect(),
         parity: None,
@@ -422,14 +426,14 @@ fn new_group(spec: &GroupSpec) -> Group {
 
 /// Decides what each unanswered member of an open group gets at `now`.
 #[allow(clippy::too_many_arguments)]
-fn decide(
-    g: &mut Group,
+fn decide<M: Clone>(
+    g: &mut Group<M>,
     id: &str,
     config: &JoinConfig,
     lagging: &HashSet<i32>,
     now: u64,
     timed: bool,
-    events: &mut VecDeque<Event>,
+    events: &mut VecDeque<Event<M>>,
     newly_lagging: &mut Vec<i32>,
 ) {
     for j in 0..g.members.len() {
@@ -463,12 +467,13 @@ fn decide(
             source,
             output,
             at: now,
+            meta: spec.meta,
         }));
     }
 }
 
 /// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
-fn try_reconstruct(g: &Group, j: usize) -> Option<Vec<f32>> {
+fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
     let parity = g.parity.as_ref()?;
     let mut others = Vec::with_capacity(g.members.len().saturating_sub(1));
     for (i, m) in g.members.iter().enumerate() {
@@ -480,7 +485,7 @@ fn try_reconstruct(g: &Group, j: usize) -> Option<Vec<f32>> {
 }
 
 /// When the group next needs attention, or `None` when it can be dropped now.
-fn next_wakeup(g: &Group, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
+fn next_wakeup<M>(g: &Group<M>, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
     let last_hard = g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now);
     let drop_at = last_hard + config.late_linger_ms;
     let everything_in = g.parity.is_some() && g.members.iter().all(|m| m.output.is_some());

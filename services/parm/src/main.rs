@@ -1,1 +1,86 @@
-fn main(){}
+//! The `parm` binary. Run `parm --help`, or `parm SUBCOMMAND --help` for each part.
+
+use clap::{Parser, Subcommand};
+use parm::commands::{consume, demo, produce, topics};
+use parm_common::shutdown;
+use parm_common::telemetry;
+use parm_worker::Role;
+
+/// parm: erasure-coded prediction serving over Kafka.
+///
+/// Queries produced to PREFIX.queries are grouped k at a time; each group gets a parity
+/// query served by a parity model, so a late or lost prediction is reconstructed from the
+/// others. Every query gets exactly one result on PREFIX.results: MODEL, RECONSTRUCTED or
+/// UNAVAILABLE. Every flag can also be set with the PARM_* variable shown in its help.
+///
+/// Quick start: `parm demo` (starts a local broker and the whole pipeline).
+#[derive(Parser, Debug)]
+#[command(name = "parm", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Group queries, send members to model workers, parity queries to parity workers, manifests to the decoder.
+    Encoder(parm_encoder::EncoderArgs),
+    /// Run the deployed model on micro-batches of member queries.
+    ModelWorker(parm_worker::WorkerArgs),
+    /// Run the parity model on micro-batches of parity queries.
+    ParityWorker(parm_worker::WorkerArgs),
+    /// Join each group's predictions and answer every query once (MODEL, RECONSTRUCTED or UNAVAILABLE).
+    Decoder(parm_decoder::DecoderArgs),
+    /// Create or list a deployment's topics.
+    Topics(topics::TopicsArgs),
+    /// Send MNIST test images as queries.
+    Produce(produce::ProduceArgs),
+    /// Print results as JSON lines.
+    Consume(consume::ConsumeArgs),
+    /// Run the whole pipeline locally, send queries, and summarize what came back.
+    Demo(demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    telemetry::init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a Tokio runtime");
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Encoder(a) => {
+            let _t = service_setup("encoder", &a.telemetry, &a.metrics)?;
+            parm_encoder::run(a, shutdown::on_signals()).await
+        }
+        Command::ModelWorker(a) => {
+            let _t = service_setup("model-worker", &a.telemetry, &a.metrics)?;
+            parm_worker::run(a, Role::Model, shutdown::on_signals()).await
+        }
+        Command::ParityWorker(a) => {
+            let _t = service_setup("parity-worker", &a.telemetry, &a.metrics)?;
+            parm_worker::run(a, Role::Parity, shutdown::on_signals()).await
+        }
+        Command::Decoder(a) => {
+            let _t = service_setup("decoder", &a.telemetry, &a.metrics)?;
+            parm_decoder::run(a, shutdown::on_signals()).await
+        }
+        Command::Topics(a) => topics::run(a).await,
+        Command::Produce(a) => produce::run(a).await,
+        Command::Consume(a) => consume::run(a).await,
+        Command::Demo(a) => demo::run(a).await,
+    }
+}
+
+fn service_setup(
+    name: &str,
+    t: &telemetry::TelemetryArgs,
+    m: &parm_common::metrics::MetricsArgs,
+) -> anyhow::Result<telemetry::TelemetryGuard> {
+    parm_common::metrics::init(m)?;
+    telemetry::init_tracing(name, t)
+}

@@ -18,6 +18,7 @@ fn spec(k: u32, deadline: u64, hard: u64) -> GroupSpec {
                 model_partition: i as i32,
                 deadline_at: deadline,
                 hard_deadline_at: hard,
+                meta: (),
             })
             .collect(),
     }

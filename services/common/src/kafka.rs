@@ -1,0 +1,311 @@
+//! Kafka plumbing shared by the services: connection settings and topic names, producers
+//! and consumers tuned for low latency, topic administration, offsets and headers.
+//!
+//! Delivery is at-least-once by construction: consumers never auto-store offsets; a
+//! service stores an offset only once everything it led to is acknowledged by the broker
+//! (see `parm_core::offsets`), and librdkafka commits the stored offsets in the background
+//! and on shutdown or revocation.
+
+use anyhow::{anyhow, bail, Context as _};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How to reach Kafka and name the topics; flattened into every subcommand.
+#[derive(clap::Args, Debug, Clone)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma-separated.
+    #[arg(long, env = "PARM_BROKERS", default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Prefix of every topic name: PREFIX.queries, PREFIX.results, ... (lets several
+    /// deployments or tests share one cluster).
+    #[arg(long, env = "PARM_TOPIC_PREFIX", default_value = "parm")]
+    pub topic_prefix: String,
+    /// Extra librdkafka setting for every client, KEY=VALUE; repeatable
+    /// (e.g. --kafka-set linger.ms=2 --kafka-set fetch.wait.max.ms=10).
+    #[arg(long = "kafka-set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub kafka_set: Vec<(String, String)>,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{s}' is not KEY=VALUE (for example linger.ms=1)"))
+}
+
+/// The topic names of one deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    pub queries: String,
+    pub model_queries: String,
+    pub parity_queries: String,
+    pub groups: String,
+    pub predictions: String,
+    pub parity_predictions: String,
+    pub results: String,
+    pub dead_letters: String,
+}
+
+impl Topics {
+    pub fn with_prefix(prefix: &str) -> Self {
+        let t = |name: &str| format!("{prefix}.{name}");
+        Self {
+            queries: t("queries"),
+            model_queries: t("model-queries"),
+            parity_queries: t("parity-queries"),
+            groups: t("groups"),
+            predictions: t("predictions"),
+            parity_predictions: t("parity-predictions"),
+            results: t("results"),
+            dead_letters: t("dead-letters"),
+        }
+    }
+}
+
+/// Partition counts of a deployment's topics.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct TopicLayout {
+    /// Partitions of the queries topic (how many encoders can share the input).
+    #[arg(long, env = "PARM_QUERY_PARTITIONS", default_value_t = 2)]
+    pub query_partitions: i32,
+    /// Partitions of model-queries: one per model worker, so that the k members of a group
+    /// land on k different workers.
+    #[arg(long, env = "PARM_MODEL_PARTITIONS", default_value_t = 4)]
+    pub model_partitions: i32,
+    /// Partitions of parity-queries: one per parity worker.
+    #[arg(long, env = "PARM_PARITY_PARTITIONS", default_value_t = 2)]
+    pub parity_partitions: i32,
+    /// Partitions of the decoder's inputs (groups, predictions, parity-predictions, all
+    /// the same count so that one decoder sees a whole group) and of results.
+    #[arg(long, env = "PARM_DECODER_PARTITIONS", default_value_t = 2)]
+    pub decoder_partitions: i32,
+}
+
+impl KafkaArgs {
+    pub fn topics(&self) -> Topics {
+        Topics::with_prefix(&self.topic_prefix)
+    }
+
+    fn base_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", "parm");
+        // Connections to a local broker: fail fast enough to say so, not hang for minutes.
+        c.set("socket.connection.setup.timeout.ms", "10000");
+        c
+    }
+
+    fn apply_overrides(&self, c: &mut ClientConfig) {
+        for (k, v) in &self.kafka_set {
+            c.set(k, v);
+        }
+    }
+
+    /// A producer for low latency with idempotence (no duplicates from retries).
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        let mut c = self.base_config();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("batch.num.messages", "1000")
+            .set("compression.type", "none")
+            .set("message.timeout.ms", "30000");
+        self.apply_overrides(&mut c);
+        c.create().with_context(|| format!("creating a Kafka producer for {}", self.brokers))
+    }
+
+    /// A consumer in `group` that stores offsets only when told to, and commits them in the
+    /// background. It reports rebalances through [`RebalanceCounter`].
+    pub fn consumer(&self, group: &str) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
+        let mut c = self.base_config();
+        c.set("group.id", group)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "200")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.min.bytes", "1")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            // Range keeps the decoder's three input topics co-partitioned per instance.
+            .set("partition.assignment.strategy", "range");
+        self.apply_overrides(&mut c);
+        let counter = RebalanceCounter::default();
+        let consumer = c
+            .create_with_context(ParmContext { rebalances: counter.clone() })
+            .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))?;
+        Ok((consumer, counter))
+    }
+
+    pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
+        let mut c = self.base_config();
+        self.apply_overrides(&mut c);
+        c.create().context("creating a Kafka admin client")
+    }
+}
+
+/// Counts rebalances, so a service loop can notice that its assignment changed and the
+/// consumer will resume from committed offsets.
+#[derive(Debug, Clone, Default)]
+pub struct RebalanceCounter(Arc<AtomicU64>);
+
+impl RebalanceCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// The consumer context: logs rebalances and bumps the counter *before* the assignment
+/// changes, so no message of a new assignment can be seen under the old count.
+pub struct ParmContext {
+    rebalances: RebalanceCounter,
+}
+
+impl ClientContext for ParmContext {}
+
+impl ConsumerContext for ParmContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        self.rebalances.0.fetch_add(1, Ordering::SeqCst);
+        match rebalance {
+            Rebalance::Assign(tpl) => tracing::info!(partitions = ?describe(tpl), "assigned"),
+            Rebalance::Revoke(tpl) => tracing::info!(partitions = ?describe(tpl), "revoked"),
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+}
+
+fn describe(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect()
+}
+
+/// Sends one record without waiting for its acknowledgement; retries while the local
+/// queue is full. Await the returned future to know it was written.
+pub async fn send(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    payload: &[u8],
+    headers: OwnedHeaders,
+) -> anyhow::Result<DeliveryFuture> {
+    let mut record = FutureRecord::to(topic).key(key).payload(payload).headers(headers);
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.poll(Duration::from_millis(5));
+                tokio::task::yield_now().await;
+            }
+            Err((e, _)) => bail!("sending to {topic}: {e}"),
+        }
+    }
+}
+
+/// Waits for a record's acknowledgement.
+pub async fn delivered(f: DeliveryFuture, topic: &str) -> anyhow::Result<(i32, i64)> {
+    match f.await {
+        Ok(Ok(d)) => Ok((d.partition, d.offset)),
+        Ok(Err((e, _))) => Err(anyhow!("writing to {topic} failed: {e}")),
+        Err(_) => Err(anyhow!("writing to {topic}: the producer was dropped")),
+    }
+}
+
+/// Stores `(topic, partition, next offset)` entries for the next background commit.
+/// Partitions no longer assigned are skipped (their new owner replays them).
+pub fn store_offsets<C: ConsumerContext>(consumer: &StreamConsumer<C>, offsets: &[(String, i32, i64)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next) in offsets {
+        if tpl.add_partition_offset(topic, *partition, Offset::Offset(*next)).is_err() {
+            continue;
+        }
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(error = %e, "storing offsets (partition probably revoked)");
+    }
+}
+
+/// Reads a header as UTF-8; a missing, null or non-UTF-8 value is treated as absent.
+pub fn header_str<'a, H: Headers>(headers: Option<&'a H>, key: &str) -> Option<&'a str> {
+    let headers = headers?;
+    headers.iter().find(|h| h.key == key).and_then(|h| h.value).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Adds a UTF-8 header.
+pub fn with_header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeaders {
+    headers.insert(Header { key, value: Some(value) })
+}
+
+/// Creates the deployment's topics with the given layout; existing topics are kept if their
+/// partition counts match, and reported otherwise.
+pub async fn create_topics(args: &KafkaArgs, layout: &TopicLayout) -> anyhow::Result<()> {
+    let t = args.topics();
+    let wanted = [
+        (&t.queries, layout.query_partitions),
+        (&t.model_queries, layout.model_partitions),
+        (&t.parity_queries, layout.parity_partitions),
+        (&t.groups, layout.decoder_partitions),
+        (&t.predictions, layout.decoder_partitions),
+        (&t.parity_predictions, layout.decoder_partitions),
+        (&t.results, layout.decoder_partitions),
+        (&t.dead_letters, 1),
+    ];
+    let admin = args.admin()?;
+    let new: Vec<NewTopic> = wanted
+        .iter()
+        .map(|(name, p)| NewTopic::new(name.as_str(), *p, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .with_context(|| format!("creating topics on {} (is the broker running? try scripts/kafka-local start)", args.brokers))?;
+    for r in results {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let want = wanted.iter().find(|(n, _)| **n == name).map(|(_, p)| *p).unwrap_or(0);
+                let have = partition_count(args, &name).await?;
+                if have != want {
+                    bail!("topic {name} exists with {have} partitions but the layout asks for {want}; delete it or use another --topic-prefix");
+                }
+            }
+            Err((name, e)) => bail!("creating topic {name}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+/// The number of partitions of a topic (fails if it does not exist).
+pub async fn partition_count(args: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
+    let args = args.clone();
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = args.base_config().create()?;
+        let md = consumer
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))
+            .with_context(|| format!("reading metadata of {topic} from {}", args.brokers))?;
+        let t = md.topics().first().ok_or_else(|| anyhow!("no metadata for {topic}"))?;
+        if t.error().is_some() || t.partitions().is_empty() {
+            bail!("topic {topic} does not exist: create the topics first with `parm topics create`");
+        }
+        Ok(t.partitions().len() as i32)
+    })
+    .await?
+}

@@ -1,0 +1,73 @@
+//! The Prometheus `/metrics` endpoint every service serves, and the metric names.
+//!
+//! Names are prefixed by service (`parm_encoder_…`, `parm_worker_…`, `parm_decoder_…`) so
+//! that services running in one process (the tests, the demo) never collide.
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use std::net::SocketAddr;
+
+/// Metrics settings, flattened into every service's flags.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct MetricsArgs {
+    /// Address to serve Prometheus metrics on (e.g. 0.0.0.0:9100); none: no endpoint.
+    #[arg(long, env = "PARM_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// Starts the `/metrics` endpoint if an address is configured. Must run inside Tokio.
+pub fn init(args: &MetricsArgs) -> anyhow::Result<()> {
+    let Some(addr) = args.metrics_addr else { return Ok(()) };
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets(&[
+            0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+        ])
+        .map_err(|e| anyhow::anyhow!("metrics buckets: {e}"))?
+        .install()
+        .map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e} (is the port in use?)"))?;
+    tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+/// Every metric the services export, for docs and the dashboard check.
+pub const ALL: &[&str] = &[
+    names::ENCODER_QUERIES,
+    names::ENCODER_GROUPS,
+    names::DEAD_LETTERS,
+    names::WORKER_QUERIES,
+    names::WORKER_SKIPPED,
+    names::WORKER_BATCH_SIZE,
+    names::WORKER_INFERENCE_SECONDS,
+    names::DECODER_RESULTS,
+    names::DECODER_LATENCY_SECONDS,
+    names::DECODER_LATE,
+    names::DECODER_LATE_AGREED,
+    names::DECODER_AGREEMENT,
+    names::DECODER_OPEN_GROUPS,
+    names::DECODER_LAGGING_PARTITIONS,
+    names::CONSUMER_LAG,
+];
+
+pub mod names {
+    pub const ENCODER_QUERIES: &str = "parm_encoder_queries_total";
+    /// label `kind`: full | partial
+    pub const ENCODER_GROUPS: &str = "parm_encoder_groups_total";
+    /// label `service`
+    pub const DEAD_LETTERS: &str = "parm_dead_letters_total";
+    /// label `role`: model | parity
+    pub const WORKER_QUERIES: &str = "parm_worker_queries_total";
+    pub const WORKER_SKIPPED: &str = "parm_worker_skipped_total";
+    pub const WORKER_BATCH_SIZE: &str = "parm_worker_batch_size";
+    pub const WORKER_INFERENCE_SECONDS: &str = "parm_worker_inference_seconds";
+    /// label `source`: MODEL | RECONSTRUCTED | UNAVAILABLE
+    pub const DECODER_RESULTS: &str = "parm_decoder_results_total";
+    /// label `source`; from the encoder's receipt of the query to the decision
+    pub const DECODER_LATENCY_SECONDS: &str = "parm_decoder_latency_seconds";
+    pub const DECODER_LATE: &str = "parm_decoder_late_predictions_total";
+    pub const DECODER_LATE_AGREED: &str = "parm_decoder_late_agreed_total";
+    pub const DECODER_AGREEMENT: &str = "parm_decoder_reconstruction_agreement_ratio";
+    pub const DECODER_OPEN_GROUPS: &str = "parm_decoder_open_groups";
+    pub const DECODER_LAGGING_PARTITIONS: &str = "parm_decoder_lagging_partitions";
+    /// labels `service`, `topic`, `partition`
+    pub const CONSUMER_LAG: &str = "parm_consumer_lag";
+}

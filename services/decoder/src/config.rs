@@ -1,0 +1,44 @@
+//! The decoder's settings.
+
+use parm_common::kafka::KafkaArgs;
+use parm_common::metrics::MetricsArgs;
+use parm_common::telemetry::TelemetryArgs;
+use parm_core::{JoinConfig, Policy};
+
+/// `parm decoder`: flags and `PARM_*` variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecoderArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// When to answer with a reconstruction: `deadline` (wait for the real prediction until
+    /// the query's deadline) or `eager` (as soon as parity and the other members are in).
+    #[arg(long, env = "PARM_POLICY", default_value = "deadline")]
+    pub policy: Policy,
+    /// Do not treat a model partition that missed a deadline as lagging.
+    #[arg(long, env = "PARM_NO_LAG_AWARENESS")]
+    pub no_lag_awareness: bool,
+    /// How long (ms) after a group's last hard deadline late predictions are still compared
+    /// with their reconstructions.
+    #[arg(long, env = "PARM_LATE_LINGER_MS", default_value_t = 2000)]
+    pub late_linger_ms: u64,
+    /// Longest time (ms) a (re)started decoder replays its backlog before deadlines act.
+    #[arg(long, env = "PARM_CATCH_UP_MS", default_value_t = 5000)]
+    pub catch_up_ms: u64,
+    /// Consumer group of the decoders (default: PREFIX-decoder).
+    #[arg(long, env = "PARM_DECODER_GROUP")]
+    pub group: Option<String>,
+}
+
+impl DecoderArgs {
+    pub fn group_name(&self) -> String {
+        self.group.clone().unwrap_or_else(|| format!("{}-decoder", self.kafka.topic_prefix))
+    }
+
+    pub fn join_config(&self) -> JoinConfig {
+        JoinConfig { policy: self.policy, lag_awareness: !self.no_lag_awareness, late_linger_ms: self.late_linger_ms }
+    }
+}

@@ -1,0 +1,315 @@
+//! The decoder loop: feed the join, write its decisions, commit what is safe.
+
+use crate::catch_up::CatchUp;
+use crate::config::DecoderArgs;
+use crate::links::GroupLinks;
+use opentelemetry::trace::TraceContextExt;
+use opentelemetry::Context;
+use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
+use parm_common::metrics::names;
+use parm_common::outbox::Outbox;
+use parm_common::records::{GroupManifest, ParityPrediction, Prediction, QueryResult, ResultSource};
+use parm_common::shutdown::Shutdown;
+use parm_common::telemetry::{self, Consumed};
+use parm_common::{avro, dead_letter, now_ms};
+use parm_core::join::{Event, GroupSpec, MemberSpec};
+use parm_core::offsets::Origin;
+use parm_core::{top1, Join, Source};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+const SERVICE: &str = "decoder";
+const GROUPS: u8 = 0;
+const PREDICTIONS: u8 = 1;
+const PARITY: u8 = 2;
+
+/// What the decoder keeps about each query for its result.
+#[derive(Debug, Clone)]
+struct QueryMeta {
+    sent_at_ms: i64,
+    received_at_ms: i64,
+    deadline_at_ms: i64,
+    traceparent: Option<String>,
+}
+
+struct Decoder {
+    args: DecoderArgs,
+    topics: Topics,
+    producer: FutureProducer,
+    join: Join<QueryMeta>,
+    links: GroupLinks,
+    outbox: Outbox,
+    /// `(first batch not covered, committable offsets)`, oldest first: offsets become safe
+    /// to store once every result batch sent before the snapshot is acknowledged.
+    snapshots: VecDeque<(u64, Vec<(u8, i32, i64)>)>,
+    catch_up: Option<CatchUp>,
+    late: u64,
+    late_agreed: u64,
+}
+
+/// Runs the decoder until `shutdown` fires or a write fails.
+pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let topics = args.kafka.topics();
+    let counts = [
+        kafka::partition_count(&args.kafka, &topics.groups).await?,
+        kafka::partition_count(&args.kafka, &topics.predictions).await?,
+        kafka::partition_count(&args.kafka, &topics.parity_predictions).await?,
+    ];
+    if counts.iter().any(|c| *c != counts[0]) {
+        anyhow::bail!(
+            "{}, {} and {} have {:?} partitions; they must have the same count so that one decoder sees a whole group",
+            topics.groups, topics.predictions, topics.parity_predictions, counts
+        );
+    }
+    let (consumer, rebalances) = args.kafka.consumer(&args.group_name())?;
+    consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
+    let mut d = Decoder {
+        producer: args.kafka.producer()?,
+        join: Join::new(args.join_config()),
+        args,
+        topics,
+        links: GroupLinks::default(),
+        outbox: Outbox::new(),
+        snapshots: VecDeque::new(),
+        catch_up: None,
+        late: 0,
+        late_agreed: 0,
+    };
+    tracing::info!(policy = %d.args.policy, lag_awareness = !d.args.no_lag_awareness, "decoder started");
+    let mut generation = rebalances.get();
+    let mut last_store = Instant::now();
+    loop {
+        let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
+        let wait = timer.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            done = d.outbox.next_done() => done?,
+            _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {
+                d.join.handle_timeout(now_ms());
+            }
+            msg = consumer.recv() => {
+                let msg = msg?;
+                if rebalances.get() != generation {
+                    generation = rebalances.get();
+                    d.reset(&consumer);
+                }
+                d.on_message(&msg).await?;
+            }
+        }
+        if d.catch_up.as_ref().is_some_and(|c| c.done(Instant::now())) {
+            tracing::info!("caught up with the backlog; deadlines act from now on");
+            d.catch_up = None;
+            d.join.handle_timeout(now_ms());
+        }
+        d.flush_events().await?;
+        if last_store.elapsed() >= Duration::from_millis(20) {
+            d.store(&consumer);
+            last_store = Instant::now();
+        }
+    }
+    d.outbox.drain().await?;
+    d.store(&consumer);
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    tracing::info!(open_groups = d.join.len(), "decoder stopped");
+    Ok(())
+}
+
+impl Decoder {
+    /// After a rebalance the consumer resumes from committed offsets: start the join afresh
+    /// and replay up to the current end before deadlines act.
+    fn reset(&mut self, consumer: &StreamConsumer<ParmContext>) {
+        self.join = Join::new(self.args.join_config());
+        self.links.clear();
+        self.snapshots.clear();
+        self.outbox.tracker = Default::default();
+        let targets = tokio::task::block_in_place(|| replay_targets(consumer));
+        tracing::info!(partitions = targets.len(), "replaying the backlog before deadlines act");
+        self.catch_up = Some(CatchUp::new(targets, Instant::now() + Duration::from_millis(self.args.catch_up_ms)));
+    }
+
+    async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let topic = if msg.topic() == self.topics.groups {
+            GROUPS
+        } else if msg.topic() == self.topics.predictions {
+            PREDICTIONS
+        } else {
+            PARITY
+        };
+        let origin = Origin { topic, partition: msg.partition(), offset: msg.offset() };
+        if let Some(c) = self.catch_up.as_mut() {
+            c.observe(msg.topic(), msg.partition(), msg.offset());
+        }
+        let now = now_ms();
+        let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+        let parent = telemetry::extract(msg.headers());
+        let group = self.args.group_name();
+        let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &group, key };
+        let cx = telemetry::process_span(SERVICE, &consumed, &parent, vec![]);
+        drop(group);
+        let payload = msg.payload().unwrap_or_default();
+        let outcome = match topic {
+            GROUPS => self.on_manifest(payload, origin, now),
+            PREDICTIONS => self.on_prediction(payload, origin, now, &cx),
+            _ => self.on_parity(payload, origin, now, &cx),
+        };
+        if let Err((query_id, reason)) = outcome {
+            self.join.observe(origin);
+            let letter = dead_letter::for_message(SERVICE, msg, query_id, reason);
+            let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
+            self.outbox.push(vec![], vec![(f, self.topics.dead_letters.clone())]);
+        }
+        Ok(())
+    }
+
+    fn on_manifest(&mut self, payload: &[u8], origin: Origin, now: u64) -> Result<(), (Option<String>, String)> {
+        let m: GroupManifest = avro::decode(payload).map_err(|e| (None, format!("undecodable group manifest: {e:#}")))?;
+        if m.members.is_empty() {
+            return Err((None, format!("group manifest {} has no members", m.group_id)));
+        }
+        let spec = GroupSpec {
+            group_id: m.group_id,
+            members: m
+                .members
+                .into_iter()
+                .map(|g| MemberSpec {
+                    query_id: g.query_id,
+                    index: g.index.max(0) as u32,
+                    model_partition: g.model_partition,
+                    deadline_at: g.deadline_at_ms.max(0) as u64,
+                    hard_deadline_at: g.hard_deadline_at_ms.max(0) as u64,
+                    meta: QueryMeta {
+                        sent_at_ms: g.sent_at_ms,
+                        received_at_ms: g.received_at_ms,
+                        deadline_at_ms: g.deadline_at_ms,
+                        traceparent: g.traceparent,
+                    },
+                })
+                .collect(),
+        };
+        self.join.on_manifest(spec, origin, now);
+        Ok(())
+    }
+
+    fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
+        let p: Prediction = avro::decode(payload).map_err(|e| (None, format!("undecodable prediction: {e:#}")))?;
+        check_output(&p.output).map_err(|r| (Some(p.query_id.clone()), r))?;
+        let hard = p.hard_deadline_at_ms.max(0) as u64;
+        self.links.add(&p.group_id, p.index, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
+        self.join.on_prediction(&p.group_id, p.index.max(0) as u32, p.output, hard, origin, now);
+        Ok(())
+    }
+
+    fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
+        let p: ParityPrediction = avro::decode(payload).map_err(|e| (None, format!("undecodable parity prediction: {e:#}")))?;
+        check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
+        let hard = p.hard_deadline_at_ms.max(0) as u64;
+        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
+        self.join.on_parity(&p.group_id, p.output, hard, origin, now);
+        Ok(())
+    }
+
+    /// Writes every decision the join made and updates the metrics.
+    async fn flush_events(&mut self) -> anyhow::Result<()> {
+        let mut sends = Vec::new();
+        while let Some(event) = self.join.poll_event() {
+            match event {
+                Event::Result(e) => {
+                    let source = ResultSource::from(e.source);
+                    let result = QueryResult {
+                        query_id: e.query_id.clone(),
+                        group_id: e.group_id.clone(),
+                        source,
+                        top1: top1(&e.output).map(|i| i as i32),
+                        output: e.output,
+                        sent_at_ms: e.meta.sent_at_ms,
+                        received_at_ms: e.meta.received_at_ms,
+                        emitted_at_ms: e.at as i64,
+                        deadline_at_ms: e.meta.deadline_at_ms,
+                    };
+                    let label = e.source.as_str();
+                    metrics::counter!(names::DECODER_RESULTS, "source" => label).increment(1);
+                    let latency = (e.at as i64 - e.meta.received_at_ms).max(0) as f64 / 1000.0;
+                    metrics::histogram!(names::DECODER_LATENCY_SECONDS, "source" => label).record(latency);
+                    let parent = e.meta.traceparent.as_deref().map(telemetry::from_traceparent).unwrap_or_default();
+                    let links = self.links.links_for(&e.group_id, e.index as i32, e.source == Source::Reconstructed);
+                    let cx = telemetry::send_span(SERVICE, &self.topics.results, None, &e.query_id, &parent, links);
+                    cx.span().set_attribute(opentelemetry::KeyValue::new("parm.source", label));
+                    let f = kafka::send(&self.producer, &self.topics.results, None, &e.query_id, &avro::encode(&result)?, telemetry::inject(&cx)).await?;
+                    sends.push((f, self.topics.results.clone()));
+                }
+                Event::Late { agreed, query_id, late_by_ms, .. } => {
+                    metrics::counter!(names::DECODER_LATE).increment(1);
+                    tracing::debug!(%query_id, late_by_ms, ?agreed, "late prediction");
+                    if let Some(a) = agreed {
+                        self.late += 1;
+                        if a {
+                            self.late_agreed += 1;
+                            metrics::counter!(names::DECODER_LATE_AGREED).increment(1);
+                        }
+                        metrics::gauge!(names::DECODER_AGREEMENT).set(self.late_agreed as f64 / self.late as f64);
+                    }
+                }
+                Event::Lagging { model_partition } => {
+                    tracing::info!(model_partition, "model partition is lagging: its pending members are reconstructed at once");
+                }
+                Event::Expired { group_id, inputs } => {
+                    tracing::debug!(%group_id, inputs, "predictions without a manifest expired");
+                }
+            }
+        }
+        if !sends.is_empty() {
+            self.outbox.push(vec![], sends);
+        }
+        metrics::gauge!(names::DECODER_OPEN_GROUPS).set(self.join.len() as f64);
+        metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(self.join.lagging_partitions().len() as f64);
+        self.links.expire(now_ms());
+        Ok(())
+    }
+
+    /// Stores the newest offsets whose results are all acknowledged.
+    fn store(&mut self, consumer: &StreamConsumer<ParmContext>) {
+        self.snapshots.push_back((self.outbox.next_seq(), self.join.committable()));
+        let acked = self.outbox.acked_before();
+        let mut safe = None;
+        while self.snapshots.front().is_some_and(|(seq, _)| *seq <= acked) {
+            safe = self.snapshots.pop_front().map(|(_, s)| s);
+        }
+        let Some(offsets) = safe else { return };
+        let names = [&self.topics.groups, &self.topics.predictions, &self.topics.parity_predictions];
+        let offsets: Vec<_> = offsets.into_iter().map(|(t, p, o)| (names[t as usize].clone(), p, o)).collect();
+        store_offsets(consumer, &offsets);
+    }
+}
+
+fn check_output(output: &[f32]) -> Result<(), String> {
+    if output.is_empty() {
+        return Err("prediction output is empty".into());
+    }
+    if let Some((i, v)) = output.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        return Err(format!("prediction output value {i} is {v}; only finite numbers are accepted"));
+    }
+    Ok(())
+}
+
+/// The end offsets to replay to, per assigned partition that has anything left to read.
+fn replay_targets(consumer: &StreamConsumer<ParmContext>) -> HashMap<(String, i32), i64> {
+    let timeout = Duration::from_secs(2);
+    let Ok(assignment) = consumer.assignment() else { return HashMap::new() };
+    let committed = consumer.committed(timeout).ok();
+    let mut targets = HashMap::new();
+    for e in assignment.elements() {
+        let Ok((_, high)) = consumer.fetch_watermarks(e.topic(), e.partition(), timeout) else { continue };
+        let from = committed
+            .as_ref()
+            .and_then(|c| c.find_partition(e.topic(), e.partition()))
+            .and_then(|p| p.offset().to_raw())
+            .unwrap_or(0);
+        if high > from.max(0) {
+            targets.insert((e.topic().to_string(), e.partition()), high);
+        }
+    }
+    targets
+}

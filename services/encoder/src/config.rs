@@ -1,0 +1,63 @@
+//! The encoder's settings.
+
+use parm_common::kafka::KafkaArgs;
+use parm_common::metrics::MetricsArgs;
+use parm_common::model::{resolve, ModelManifest};
+use parm_common::telemetry::TelemetryArgs;
+use parm_core::ParityEncoder;
+
+/// `parm encoder`: flags and `PARM_*` variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EncoderArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// The parity model (name in models/ or path to its manifest): k, the encoder and the
+    /// input shape are read from it.
+    #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-mlp-parity-add-k2")]
+    pub parity_model: String,
+    /// Longest time (ms) a query waits for the rest of its group before a partial group is sent.
+    #[arg(long, env = "PARM_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Default latency budget (ms from receipt) after which the decoder may reconstruct,
+    /// for queries that do not carry their own.
+    #[arg(long, env = "PARM_DEADLINE_MS", default_value_t = 50)]
+    pub deadline_ms: u64,
+    /// Time (ms from receipt) after which a query with no answer is answered UNAVAILABLE.
+    #[arg(long, env = "PARM_HARD_DEADLINE_MS", default_value_t = 2000)]
+    pub hard_deadline_ms: u64,
+    /// Consumer group of the encoders (default: PREFIX-encoder).
+    #[arg(long, env = "PARM_ENCODER_GROUP")]
+    pub group: Option<String>,
+}
+
+/// What the encoder needs to know about the deployment, resolved once at start.
+#[derive(Debug, Clone)]
+pub struct CodingPlan {
+    pub k: usize,
+    pub encoder: ParityEncoder,
+    pub input_shape: Vec<usize>,
+}
+
+impl EncoderArgs {
+    pub fn group_name(&self) -> String {
+        self.group.clone().unwrap_or_else(|| format!("{}-encoder", self.kafka.topic_prefix))
+    }
+
+    pub fn coding_plan(&self) -> anyhow::Result<CodingPlan> {
+        let (m, _) = ModelManifest::load(&resolve(&self.parity_model))?;
+        if m.role != "parity" {
+            anyhow::bail!("{} is a {} model; --parity-model needs a parity model (role \"parity\" in its manifest)", m.name, m.role);
+        }
+        let k = m.k.ok_or_else(|| anyhow::anyhow!("parity model {} has no k in its manifest", m.name))?;
+        if !(1..=8).contains(&k) {
+            anyhow::bail!("parity model {} has k = {k}; parm supports k from 1 to 8", m.name);
+        }
+        let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or("addition").parse().map_err(anyhow::Error::msg)?;
+        encoder.validate(k, &m.input_shape)?;
+        Ok(CodingPlan { k, encoder, input_shape: m.input_shape })
+    }
+}

@@ -1,0 +1,250 @@
+//! The encoder loop: consume queries, close groups, produce members, parity and manifest.
+
+use crate::config::{CodingPlan, EncoderArgs};
+use opentelemetry::Context;
+use parm_common::kafka::{self, partition_count, store_offsets, Topics};
+use parm_common::metrics::names;
+use parm_common::outbox::Outbox;
+use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor};
+use parm_common::shutdown::Shutdown;
+use parm_common::telemetry::{self, Consumed};
+use parm_common::{avro, dead_letter, now_ms};
+use parm_core::grouping::{group_partition, member_partition, ClosedGroup, GroupBuilder};
+use parm_core::offsets::{OffsetTracker, Origin};
+use parm_core::Tensor;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use std::time::Duration;
+
+const SERVICE: &str = "encoder";
+
+/// A query that passed validation, waiting in an open group.
+struct Accepted {
+    query: Query,
+    tensor: Tensor,
+    received_at: u64,
+    origin: Origin,
+    /// The `process` span of the query's consumption.
+    cx: Context,
+}
+
+struct Encoder {
+    args: EncoderArgs,
+    group: String,
+    plan: CodingPlan,
+    topics: Topics,
+    producer: FutureProducer,
+    model_partitions: i32,
+    parity_partitions: i32,
+    decoder_partitions: i32,
+    builder: GroupBuilder<Accepted>,
+    outbox: Outbox,
+}
+
+/// Runs the encoder until `shutdown` fires or a write fails (then it returns the error
+/// without committing past the unwritten queries, so a restart replays them).
+pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let plan = args.coding_plan()?;
+    let topics = args.kafka.topics();
+    let model_partitions = partition_count(&args.kafka, &topics.model_queries).await?;
+    if (model_partitions as usize) < plan.k {
+        anyhow::bail!(
+            "{} has {model_partitions} partitions but k = {}: the members of a group need distinct model workers; \
+             recreate the topics with at least k model partitions (parm topics create --model-partitions N)",
+            topics.model_queries, plan.k
+        );
+    }
+    let parity_partitions = partition_count(&args.kafka, &topics.parity_queries).await?;
+    let decoder_partitions = partition_count(&args.kafka, &topics.groups).await?;
+    let producer = args.kafka.producer()?;
+    let (consumer, rebalances) = args.kafka.consumer(&args.group_name())?;
+    consumer.subscribe(&[&topics.queries])?;
+    tracing::info!(k = plan.k, encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
+
+    let mut enc = Encoder {
+        builder: GroupBuilder::new(plan.k, args.linger_ms),
+        group: args.group_name(),
+        args,
+        plan,
+        topics,
+        producer,
+        model_partitions,
+        parity_partitions,
+        decoder_partitions,
+        outbox: Outbox::new(),
+    };
+    let mut generation = rebalances.get();
+    let mut last_store = std::time::Instant::now();
+    loop {
+        let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            done = enc.outbox.next_done() => done?,
+            _ = tokio::time::sleep(Duration::from_millis(linger.unwrap_or(0))), if linger.is_some() => {
+                for g in enc.builder.poll_expired(now_ms()) {
+                    enc.send_group(g).await?;
+                }
+            }
+            msg = consumer.recv() => {
+                let msg = msg?;
+                if rebalances.get() != generation {
+                    // The consumer resumes from committed offsets: open groups will be replayed.
+                    generation = rebalances.get();
+                    enc.builder = GroupBuilder::new(enc.plan.k, enc.args.linger_ms);
+                    enc.outbox.tracker = OffsetTracker::new();
+                }
+                enc.on_message(&msg).await?;
+            }
+        }
+        if last_store.elapsed() >= Duration::from_millis(20) {
+            store(&consumer, &enc);
+            last_store = std::time::Instant::now();
+        }
+    }
+    for g in enc.builder.flush() {
+        enc.send_group(g).await?;
+    }
+    enc.outbox.drain().await?;
+    store(&consumer, &enc);
+    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    tracing::info!("encoder stopped");
+    Ok(())
+}
+
+fn store(consumer: &StreamConsumer<kafka::ParmContext>, enc: &Encoder) {
+    let offsets: Vec<_> = enc
+        .outbox
+        .tracker
+        .all_committable()
+        .into_iter()
+        .map(|(_, p, o)| (enc.topics.queries.clone(), p, o))
+        .collect();
+    store_offsets(consumer, &offsets);
+}
+
+impl Encoder {
+    async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
+        let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
+        self.outbox.tracker.hold(origin);
+        let received_at = now_ms();
+        let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+        let parent = telemetry::extract(msg.headers());
+        let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
+        let cx = telemetry::process_span(SERVICE, &consumed, &parent, vec![]);
+        match self.validate(msg.payload().unwrap_or_default()) {
+            Ok((query, tensor)) => {
+                metrics::counter!(names::ENCODER_QUERIES).increment(1);
+                let accepted = Accepted { query, tensor, received_at, origin, cx };
+                if let Some(g) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
+                    self.send_group(g).await?;
+                }
+            }
+            Err((query_id, reason)) => {
+                let letter = dead_letter::for_message(SERVICE, msg, query_id, reason);
+                let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
+                self.outbox.push(vec![origin], vec![(f, self.topics.dead_letters.clone())]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Decodes and checks a query; on failure, the query id if known and a reason.
+    fn validate(&self, payload: &[u8]) -> Result<(Query, Tensor), (Option<String>, String)> {
+        let query: Query = avro::decode(payload).map_err(|e| (None, format!("undecodable query: {e:#}")))?;
+        let id = Some(query.id.clone());
+        if query.id.is_empty() {
+            return Err((None, "query id is empty; give every query a unique id".into()));
+        }
+        if query.deadline_ms.is_some_and(|d| d < 0) {
+            return Err((id, format!("deadline_ms is {}; it must be at least 0", query.deadline_ms.unwrap_or(0))));
+        }
+        let tensor = query.tensor.to_tensor().map_err(|e| (id.clone(), format!("bad tensor: {e}")))?;
+        tensor
+            .expect_shape(&self.plan.input_shape)
+            .map_err(|e| (id.clone(), format!("wrong tensor shape for this deployment: {e}")))?;
+        Ok((query, tensor))
+    }
+
+    async fn send_group(&mut self, g: ClosedGroup<Accepted>) -> anyhow::Result<()> {
+        let now = now_ms();
+        let decoder_partition = group_partition(&g.id, self.decoder_partitions);
+        let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
+        let parity_input = self.plan.encoder.encode(self.plan.k, &tensors)?;
+        let mut sends = Vec::with_capacity(g.members.len() + 2);
+        let mut manifest_members = Vec::with_capacity(g.members.len());
+        let mut member_queries = Vec::with_capacity(g.members.len());
+        for (i, pending) in g.members.iter().enumerate() {
+            let m = &pending.query;
+            let budget = m.query.deadline_ms.map_or(self.args.deadline_ms, |d| d as u64);
+            let deadline_at = m.received_at + budget;
+            let hard_deadline_at = m.received_at + self.args.hard_deadline_ms.max(budget);
+            let model_partition = member_partition(g.first_offset, i, self.model_partitions);
+            let cx = telemetry::send_span(SERVICE, &self.topics.model_queries, Some(model_partition), &m.query.id, &m.cx, vec![]);
+            manifest_members.push(GroupMember {
+                query_id: m.query.id.clone(),
+                index: i as i32,
+                model_partition,
+                sent_at_ms: m.query.sent_at_ms,
+                received_at_ms: m.received_at as i64,
+                deadline_at_ms: deadline_at as i64,
+                hard_deadline_at_ms: hard_deadline_at as i64,
+                traceparent: telemetry::traceparent(&cx),
+            });
+            let record = MemberQuery {
+                query_id: m.query.id.clone(),
+                group_id: g.id.clone(),
+                index: i as i32,
+                tensor: WireTensor::from_tensor(&m.tensor),
+                decoder_partition,
+                sent_at_ms: m.query.sent_at_ms,
+                received_at_ms: m.received_at as i64,
+                deadline_at_ms: deadline_at as i64,
+                hard_deadline_at_ms: hard_deadline_at as i64,
+            };
+            member_queries.push((model_partition, record, cx));
+        }
+        let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
+        let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
+
+        // The manifest goes first so that the decoder usually knows the group before any
+        // prediction of it arrives.
+        let manifest = GroupManifest {
+            group_id: g.id.clone(),
+            k: self.plan.k as i32,
+            encoder: self.plan.encoder.to_string(),
+            created_at_ms: now as i64,
+            members: manifest_members,
+        };
+        let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links.clone());
+        let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;
+        sends.push((f, self.topics.groups.clone()));
+
+        for (partition, record, cx) in &member_queries {
+            let f = kafka::send(&self.producer, &self.topics.model_queries, Some(*partition), &record.query_id, &avro::encode(record)?, telemetry::inject(cx)).await?;
+            sends.push((f, self.topics.model_queries.clone()));
+        }
+
+        let parity = ParityQuery {
+            group_id: g.id.clone(),
+            members: g.members.len() as i32,
+            k: self.plan.k as i32,
+            encoder: self.plan.encoder.to_string(),
+            tensor: WireTensor::from_tensor(&parity_input),
+            decoder_partition,
+            hard_deadline_at_ms: hard_deadline_at,
+        };
+        let parity_partition = group_partition(&g.id, self.parity_partitions);
+        // The parity query starts a trace of its own, linked to every member it encodes.
+        let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links);
+        let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &avro::encode(&parity)?, telemetry::inject(&cx)).await?;
+        sends.push((f, self.topics.parity_queries.clone()));
+
+        let kind = if g.members.len() == self.plan.k { "full" } else { "partial" };
+        metrics::counter!(names::ENCODER_GROUPS, "kind" => kind).increment(1);
+        // Each query was held on receipt; the hold goes once all of the group is written.
+        let origins: Vec<Origin> = g.members.iter().map(|m| m.query.origin).collect();
+        self.outbox.push(origins, sends);
+        Ok(())
+    }
+}

@@ -1,0 +1,227 @@
+//! A deployment: every service of the pipeline as its own `parm` process, with its logs in
+//! a folder, signals for fault injection (SIGSTOP, SIGKILL), restarts, and a teardown that
+//! always runs (also when the owner panics).
+
+use anyhow::{bail, Context};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One service process of a deployment.
+pub struct Service {
+    pub name: String,
+    args: Vec<String>,
+    child: Child,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    pub brokers: String,
+    pub prefix: String,
+    pub model_workers: usize,
+    pub parity_workers: usize,
+    pub decoders: usize,
+    /// Extra flags for every service of a kind.
+    pub encoder_args: Vec<String>,
+    pub model_worker_args: Vec<String>,
+    pub parity_worker_args: Vec<String>,
+    pub decoder_args: Vec<String>,
+    /// Extra flags for model worker number i only (e.g. an injected delay).
+    pub per_model_worker_args: Vec<(usize, Vec<String>)>,
+    pub otlp_endpoint: Option<String>,
+    pub log_dir: PathBuf,
+}
+
+impl DeploymentSpec {
+    pub fn new(brokers: &str, prefix: &str, model_workers: usize, parity_workers: usize) -> Self {
+        Self {
+            brokers: brokers.to_string(),
+            prefix: prefix.to_string(),
+            model_workers,
+            parity_workers,
+            decoders: 1,
+            encoder_args: vec![],
+            model_worker_args: vec![],
+            parity_worker_args: vec![],
+            decoder_args: vec![],
+            per_model_worker_args: vec![],
+            otlp_endpoint: None,
+            log_dir: std::env::temp_dir().join("parm-logs").join(prefix),
+        }
+    }
+}
+
+/// The running processes of a deployment. Dropping it stops them all.
+pub struct Deployment {
+    exe: PathBuf,
+    pub spec: DeploymentSpec,
+    pub services: Vec<Service>,
+}
+
+impl Deployment {
+    /// Starts every service (`exe` is the `parm` binary).
+    pub fn start(exe: &Path, spec: DeploymentSpec) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&spec.log_dir).with_context(|| format!("creating {}", spec.log_dir.display()))?;
+        let mut d = Self { exe: exe.to_path_buf(), spec, services: Vec::new() };
+        let s = d.spec.clone();
+        d.spawn("encoder", "encoder", &s.encoder_args)?;
+        for i in 0..s.model_workers {
+            let mut args = s.model_worker_args.clone();
+            args.extend(["--worker-id".to_string(), format!("model-{i}")]);
+            if let Some((_, extra)) = s.per_model_worker_args.iter().find(|(w, _)| *w == i) {
+                args.extend(extra.iter().cloned());
+            }
+            d.spawn(&format!("model-worker-{i}"), "model-worker", &args)?;
+        }
+        for i in 0..s.parity_workers {
+            let mut args = s.parity_worker_args.clone();
+            args.extend(["--worker-id".to_string(), format!("parity-{i}")]);
+            d.spawn(&format!("parity-worker-{i}"), "parity-worker", &args)?;
+        }
+        for i in 0..s.decoders {
+            d.spawn(&format!("decoder-{i}"), "decoder", &s.decoder_args)?;
+        }
+        Ok(d)
+    }
+
+    /// Starts one more service process.
+    pub fn spawn(&mut self, name: &str, subcommand: &str, extra: &[String]) -> anyhow::Result<()> {
+        let mut args = vec![subcommand.to_string()];
+        args.extend(extra.iter().cloned());
+        let child = self.command(name, &args)?.spawn().with_context(|| format!("starting {name}"))?;
+        self.services.push(Service { name: name.to_string(), args, child });
+        Ok(())
+    }
+
+    fn command(&self, name: &str, args: &[String]) -> anyhow::Result<Command> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.spec.log_dir.join(format!("{name}.log")))?;
+        let mut c = Command::new(&self.exe);
+        c.args(args)
+            .env("PARM_BROKERS", &self.spec.brokers)
+            .env("PARM_TOPIC_PREFIX", &self.spec.prefix)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(e) = &self.spec.otlp_endpoint {
+            c.env("PARM_OTLP_ENDPOINT", e);
+        }
+        Ok(c)
+    }
+
+    fn find(&mut self, name: &str) -> anyhow::Result<&mut Service> {
+        self.services.iter_mut().find(|s| s.name == name).with_context(|| format!("no service named {name}"))
+    }
+
+    /// Sends a signal (e.g. "STOP", "CONT", "KILL", "TERM") to a service.
+    pub fn signal(&mut self, name: &str, signal: &str) -> anyhow::Result<()> {
+        let pid = self.find(name)?.child.id();
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} ({name}) failed");
+        }
+        Ok(())
+    }
+
+    /// Kills a service with SIGKILL and waits for it to be gone.
+    pub fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let s = self.find(name)?;
+        s.child.kill()?;
+        s.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a killed service again with the same arguments.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let args = self.find(name)?.args.clone();
+        let child = self.command(name, &args)?.spawn()?;
+        self.find(name)?.child = child;
+        Ok(())
+    }
+
+    /// Fails if any service has exited (with its log's tail).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for s in &mut self.services {
+            if let Some(status) = s.child.try_wait()? {
+                let log = std::fs::read_to_string(self.spec.log_dir.join(format!("{}.log", s.name))).unwrap_or_default();
+                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                bail!("{} exited with {status}:\n{tail}", s.name);
+            }
+        }
+        Ok(())
+    }
+
+    /// The consumer groups of this deployment and how many members each should have.
+    pub fn expected_groups(&self) -> Vec<(String, usize)> {
+        let p = &self.spec.prefix;
+        vec![
+            (format!("{p}-encoder"), 1),
+            (format!("{p}-model-workers"), self.spec.model_workers),
+            (format!("{p}-parity-workers"), self.spec.parity_workers),
+            (format!("{p}-decoder"), self.spec.decoders),
+        ]
+    }
+
+    /// Waits until every consumer group of the deployment is stable with all its members,
+    /// so that queries sent from now on meet no rebalance.
+    pub fn wait_until_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let until = Instant::now() + timeout;
+        let groups = self.expected_groups();
+        loop {
+            self.check_alive()?;
+            let ready = groups_ready(&self.spec.brokers, &groups)?;
+            if ready.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() >= until {
+                bail!("services not ready after {timeout:?}: {ready:?} (logs in {})", self.spec.log_dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Stops every service: SIGTERM, a bounded wait, then SIGKILL.
+    pub fn stop(&mut self) {
+        for s in &mut self.services {
+            if s.child.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill").arg("-CONT").arg(s.child.id().to_string()).status();
+                let _ = Command::new("kill").arg("-TERM").arg(s.child.id().to_string()).status();
+            }
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        for s in &mut self.services {
+            while s.child.try_wait().ok().flatten().is_none() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = s.child.kill();
+            let _ = s.child.wait();
+        }
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The groups that are not yet stable with the expected number of members, with what they
+/// look like now.
+pub fn groups_ready(brokers: &str, expected: &[(String, usize)]) -> anyhow::Result<Vec<String>> {
+    let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let mut not_ready = Vec::new();
+    for (group, members) in expected {
+        let list = client.fetch_group_list(Some(group), Duration::from_secs(5))?;
+        let info = list.groups().first();
+        let (state, n) = info.map_or(("missing".to_string(), 0), |g| (g.state().to_string(), g.members().len()));
+        if state != "Stable" || n != *members {
+            not_ready.push(format!("{group}: {state} with {n}/{members} members"));
+        }
+    }
+    Ok(not_ready)
+}

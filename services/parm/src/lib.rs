@@ -1,0 +1,20 @@
+//! # parm: the command-line front of the pipeline
+//!
+//! One binary, one subcommand per service (`encoder`, `model-worker`, `parity-worker`,
+//! `decoder`) plus the tools around them (`topics`, `produce`, `consume`, `demo`). The
+//! library half holds what the demo, the benchmarks and the integration tests share.
+//!
+//! ## Layout
+//! - [`mnist`]: the MNIST test images and labels shipped in `models/data/` (IDX files).
+//! - [`broker`]: finding or starting a local Kafka broker with `scripts/kafka-local`.
+//! - [`launch`]: a deployment of every service as its own process, and its teardown.
+//! - [`client`]: producing queries on a schedule and collecting their results.
+//! - [`report`]: latency percentiles and result counts of a run.
+//! - [`commands`]: the subcommands.
+
+pub mod broker;
+pub mod client;
+pub mod commands;
+pub mod launch;
+pub mod mnist;
+pub mod report;

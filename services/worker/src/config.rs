@@ -1,0 +1,73 @@
+//! The worker's settings.
+
+use crate::delay::DelayArgs;
+use parm_common::kafka::KafkaArgs;
+use parm_common::metrics::MetricsArgs;
+use parm_common::telemetry::TelemetryArgs;
+
+/// Which model a worker serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The deployed model F, on member queries.
+    Model,
+    /// The parity model Fp, on parity queries.
+    Parity,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Model => "model",
+            Role::Parity => "parity",
+        }
+    }
+}
+
+/// `parm model-worker` / `parm parity-worker`: flags and `PARM_*` variables.
+#[derive(clap::Args, Debug, Clone)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+    /// The model to serve (name in models/ or path to its manifest). Default: mnist-mlp for
+    /// a model worker, mnist-mlp-parity-add-k2 for a parity worker.
+    #[arg(long, env = "PARM_MODEL")]
+    pub model: Option<String>,
+    /// Largest micro-batch.
+    #[arg(long, env = "PARM_MAX_BATCH", default_value_t = 8)]
+    pub max_batch: usize,
+    /// Longest (ms) the first query of a batch waits for more.
+    #[arg(long, env = "PARM_MAX_WAIT_MS", default_value_t = 1)]
+    pub max_wait_ms: u64,
+    /// Also run queries whose hard deadline has passed (by default they are skipped).
+    #[arg(long, env = "PARM_KEEP_EXPIRED")]
+    pub keep_expired: bool,
+    /// Name of this worker in predictions and logs (default: role-pid).
+    #[arg(long, env = "PARM_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Consumer group (default: PREFIX-model-workers or PREFIX-parity-workers).
+    #[arg(long, env = "PARM_WORKER_GROUP")]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub delay: DelayArgs,
+}
+
+impl WorkerArgs {
+    pub fn model_name(&self, role: Role) -> String {
+        self.model.clone().unwrap_or_else(|| match role {
+            Role::Model => "mnist-mlp".into(),
+            Role::Parity => "mnist-mlp-parity-add-k2".into(),
+        })
+    }
+
+    pub fn group_name(&self, role: Role) -> String {
+        self.group.clone().unwrap_or_else(|| format!("{}-{}-workers", self.kafka.topic_prefix, role.as_str()))
+    }
+
+    pub fn worker_name(&self, role: Role) -> String {
+        self.worker_id.clone().unwrap_or_else(|| format!("{}-{}", role.as_str(), std::process::id()))
+    }
+}

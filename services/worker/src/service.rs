@@ -1,0 +1,227 @@
+//! The worker loop: gather a micro-batch, run the model off the async threads, write one
+//! prediction per query to its group's decoder partition.
+
+use crate::config::{Role, WorkerArgs};
+use crate::delay::DelayModel;
+use opentelemetry::{Context, KeyValue};
+use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
+use parm_common::metrics::names;
+use parm_common::model::{resolve, Model};
+use parm_common::outbox::Outbox;
+use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction};
+use parm_common::shutdown::Shutdown;
+use parm_common::telemetry::{self, Consumed};
+use parm_common::{avro, dead_letter, now_ms};
+use parm_core::offsets::{OffsetTracker, Origin};
+use parm_core::Tensor;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::FutureProducer;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One query of a batch, decoded and checked.
+struct Item {
+    /// Query id (model role) or group id (parity role): the record key.
+    key: String,
+    group_id: String,
+    index: i32,
+    tensor: Tensor,
+    decoder_partition: i32,
+    hard_deadline_at: i64,
+    origin: Origin,
+    cx: Context,
+}
+
+struct Worker {
+    role: Role,
+    name: String,
+    group: String,
+    topics: Topics,
+    input_topic: String,
+    output_topic: String,
+    model: Arc<Model>,
+    producer: FutureProducer,
+    outbox: Outbox,
+    delay: DelayModel,
+    skip_expired: bool,
+}
+
+/// Runs a worker of `role` until `shutdown` fires or a write fails.
+pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow::Result<()> {
+    let model_path = resolve(&args.model_name(role));
+    let model = tokio::task::spawn_blocking(move || Model::load(&model_path)).await??;
+    let want = match role {
+        Role::Model => "base",
+        Role::Parity => "parity",
+    };
+    if model.manifest.role != want {
+        anyhow::bail!("{} is a {} model, but a {} worker serves a {want} model; pass --model", model.manifest.name, model.manifest.role, role.as_str());
+    }
+    let topics = args.kafka.topics();
+    let (input_topic, output_topic) = match role {
+        Role::Model => (topics.model_queries.clone(), topics.predictions.clone()),
+        Role::Parity => (topics.parity_queries.clone(), topics.parity_predictions.clone()),
+    };
+    let group = args.group_name(role);
+    let (consumer, rebalances) = args.kafka.consumer(&group)?;
+    consumer.subscribe(&[&input_topic])?;
+    let mut w = Worker {
+        role,
+        name: args.worker_name(role),
+        group,
+        topics,
+        input_topic,
+        output_topic,
+        model,
+        producer: args.kafka.producer()?,
+        outbox: Outbox::new(),
+        delay: DelayModel::new(args.delay.clone()),
+        skip_expired: !args.keep_expired,
+    };
+    tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
+    let max_batch = args.max_batch.max(1);
+    let max_wait = Duration::from_millis(args.max_wait_ms);
+    let mut generation = rebalances.get();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.wait() => break,
+            done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
+            msg = consumer.recv() => msg?,
+        };
+        if rebalances.get() != generation {
+            generation = rebalances.get();
+            w.outbox.tracker = OffsetTracker::new();
+        }
+        let mut batch = vec![first];
+        let until = Instant::now() + max_wait;
+        while batch.len() < max_batch {
+            tokio::select! {
+                msg = consumer.recv() => batch.push(msg?),
+                _ = tokio::time::sleep_until(until.into()) => break,
+            }
+        }
+        w.process(&batch).await?;
+        store(&consumer, &w);
+    }
+    w.outbox.drain().await?;
+    store(&consumer, &w);
+    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    tracing::info!(worker = %w.name, "worker stopped");
+    Ok(())
+}
+
+fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
+    let offsets: Vec<_> = w.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (w.input_topic.clone(), p, o)).collect();
+    store_offsets(consumer, &offsets);
+}
+
+impl Worker {
+    async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
+        let now = now_ms() as i64;
+        let mut items = Vec::with_capacity(batch.len());
+        for msg in batch {
+            let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
+            self.outbox.tracker.hold(origin);
+            match self.decode(msg, origin) {
+                Ok(item) if self.skip_expired && item.hard_deadline_at < now => {
+                    metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str()).increment(1);
+                    self.outbox.tracker.release(origin);
+                }
+                Ok(item) => items.push(item),
+                Err((id, reason)) => {
+                    let letter = dead_letter::for_message(self.service(), msg, id, reason);
+                    let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
+                    self.outbox.push(vec![origin], vec![(f, self.topics.dead_letters.clone())]);
+                }
+            }
+        }
+        if items.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let model = self.model.clone();
+        let tensors: Vec<Tensor> = items.iter().map(|i| i.tensor.clone()).collect();
+        let links: Vec<_> = items.iter().filter_map(|i| telemetry::link_to(&i.cx)).collect();
+        let infer_cx = telemetry::internal_span(
+            "infer",
+            vec![KeyValue::new("parm.batch_size", items.len() as i64), KeyValue::new("parm.model", model.manifest.name.clone())],
+            &Context::new(),
+            links,
+        );
+        let outputs = tokio::task::spawn_blocking(move || model.infer(&tensors.iter().collect::<Vec<_>>())).await??;
+        drop(infer_cx);
+        let extra = self.delay.extra(now_ms() as f64);
+        if !extra.is_zero() {
+            tokio::time::sleep(extra).await;
+        }
+        let inference_us = started.elapsed().as_micros() as i64;
+        let role = self.role.as_str();
+        metrics::histogram!(names::WORKER_BATCH_SIZE, "role" => role).record(items.len() as f64);
+        metrics::histogram!(names::WORKER_INFERENCE_SECONDS, "role" => role).record(inference_us as f64 / 1e6);
+        metrics::counter!(names::WORKER_QUERIES, "role" => role).increment(items.len() as u64);
+
+        let finished = now_ms() as i64;
+        let mut sends = Vec::with_capacity(items.len());
+        for (item, output) in items.iter().zip(outputs) {
+            let payload = match self.role {
+                Role::Model => avro::encode(&Prediction {
+                    query_id: item.key.clone(),
+                    group_id: item.group_id.clone(),
+                    index: item.index,
+                    output,
+                    worker: self.name.clone(),
+                    batch_size: items.len() as i32,
+                    inference_us,
+                    finished_at_ms: finished,
+                    hard_deadline_at_ms: item.hard_deadline_at,
+                })?,
+                Role::Parity => avro::encode(&ParityPrediction {
+                    group_id: item.group_id.clone(),
+                    output,
+                    worker: self.name.clone(),
+                    batch_size: items.len() as i32,
+                    inference_us,
+                    finished_at_ms: finished,
+                    hard_deadline_at_ms: item.hard_deadline_at,
+                })?,
+            };
+            let cx = telemetry::send_span(self.service(), &self.output_topic, Some(item.decoder_partition), &item.key, &item.cx, vec![]);
+            let f = kafka::send(&self.producer, &self.output_topic, Some(item.decoder_partition), &item.group_id, &payload, telemetry::inject(&cx)).await?;
+            sends.push((f, self.output_topic.clone()));
+        }
+        self.outbox.push(items.iter().map(|i| i.origin).collect(), sends);
+        Ok(())
+    }
+
+    fn service(&self) -> &'static str {
+        match self.role {
+            Role::Model => "model-worker",
+            Role::Parity => "parity-worker",
+        }
+    }
+
+    fn decode(&self, msg: &BorrowedMessage<'_>, origin: Origin) -> Result<Item, (Option<String>, String)> {
+        let payload = msg.payload().unwrap_or_default();
+        let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
+        let parent = telemetry::extract(msg.headers());
+        let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
+        let cx = telemetry::process_span(self.service(), &consumed, &parent, vec![]);
+        let item = match self.role {
+            Role::Model => {
+                let q: MemberQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable member query: {e:#}")))?;
+                let tensor = q.tensor.to_tensor().map_err(|e| (Some(q.query_id.clone()), format!("bad tensor: {e}")))?;
+                Item { key: q.query_id, group_id: q.group_id, index: q.index, tensor, decoder_partition: q.decoder_partition, hard_deadline_at: q.hard_deadline_at_ms, origin, cx }
+            }
+            Role::Parity => {
+                let q: ParityQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable parity query: {e:#}")))?;
+                let tensor = q.tensor.to_tensor().map_err(|e| (None, format!("bad parity tensor of group {}: {e}", q.group_id)))?;
+                Item { key: q.group_id.clone(), group_id: q.group_id, index: -1, tensor, decoder_partition: q.decoder_partition, hard_deadline_at: q.hard_deadline_at_ms, origin, cx }
+            }
+        };
+        item.tensor
+            .expect_shape(&self.model.manifest.input_shape)
+            .map_err(|e| (Some(item.key.clone()), format!("wrong tensor shape for model {}: {e}", self.model.manifest.name)))?;
+        Ok(item)
+    }
+}
