@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,20 @@ SIGNIFICANT_DIGITS = 7
 def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]) -> None:
     model.eval()
     example = torch.rand(2, *input_shape)
-    torch.onnx.export(
-        model,
-        (example,),
-        str(path),
-        dynamo=False,
-        opset_version=OPSET,
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-    )
+    # The legacy exporter is deprecated in torch >= 2.9 but chosen on purpose (no
+    # onnxscript, a graph tract loads as is); its deprecation warnings are not news.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+        )
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)

@@ -98,7 +98,8 @@ impl KafkaArgs {
     fn base_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
-        c.set("client.id", "parm");
+        // The pid tells the members of a consumer group apart (see `parm::launch`).
+        c.set("client.id", format!("parm-{}", std::process::id()));
         // Connections to a local broker: fail fast enough to say so, not hang for minutes.
         c.set("socket.connection.setup.timeout.ms", "10000");
         c

@@ -125,8 +125,9 @@ impl Decoder {
         self.links.clear();
         self.snapshots.clear();
         self.outbox.tracker = Default::default();
+        let started = Instant::now();
         let targets = tokio::task::block_in_place(|| replay_targets(consumer));
-        tracing::info!(partitions = targets.len(), "replaying the backlog before deadlines act");
+        tracing::info!(partitions = targets.len(), took_ms = started.elapsed().as_millis() as u64, "replaying the backlog before deadlines act");
         self.catch_up = Some(CatchUp::new(targets, Instant::now() + Duration::from_millis(self.args.catch_up_ms)));
     }
 

@@ -156,30 +156,35 @@ impl Deployment {
         Ok(())
     }
 
-    /// The consumer groups of this deployment and how many members each should have.
-    pub fn expected_groups(&self) -> Vec<(String, usize)> {
+    /// The consumer groups of this deployment and the pids of the processes that should be
+    /// their members.
+    pub fn expected_groups(&self) -> Vec<(String, Vec<u32>)> {
         let p = &self.spec.prefix;
+        let pids = |kind: &str| -> Vec<u32> {
+            self.services.iter().filter(|s| s.args.first().is_some_and(|a| a == kind)).map(|s| s.child.id()).collect()
+        };
         vec![
-            (format!("{p}-encoder"), 1),
-            (format!("{p}-model-workers"), self.spec.model_workers),
-            (format!("{p}-parity-workers"), self.spec.parity_workers),
-            (format!("{p}-decoder"), self.spec.decoders),
+            (format!("{p}-encoder"), pids("encoder")),
+            (format!("{p}-model-workers"), pids("model-worker")),
+            (format!("{p}-parity-workers"), pids("parity-worker")),
+            (format!("{p}-decoder"), pids("decoder")),
         ]
     }
 
-    /// Waits until every consumer group of the deployment is stable with all its members,
-    /// so that queries sent from now on meet no rebalance.
+    /// Waits until every consumer group of the deployment is stable with exactly its live
+    /// processes as members (not a killed one the broker has not noticed yet), so that
+    /// queries sent from now on meet no rebalance.
     pub fn wait_until_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let until = Instant::now() + timeout;
-        let groups = self.expected_groups();
         loop {
             self.check_alive()?;
-            let ready = groups_ready(&self.spec.brokers, &groups)?;
-            if ready.is_empty() {
+            let groups = self.expected_groups();
+            let not_ready = groups_ready(&self.spec.brokers, &groups)?;
+            if not_ready.is_empty() {
                 return Ok(());
             }
             if Instant::now() >= until {
-                bail!("services not ready after {timeout:?}: {ready:?} (logs in {})", self.spec.log_dir.display());
+                bail!("services not ready after {timeout:?}: {not_ready:?} (logs in {})", self.spec.log_dir.display());
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -210,17 +215,21 @@ impl Drop for Deployment {
     }
 }
 
-/// The groups that are not yet stable with the expected number of members, with what they
-/// look like now.
-pub fn groups_ready(brokers: &str, expected: &[(String, usize)]) -> anyhow::Result<Vec<String>> {
+/// The groups that are not yet stable with exactly the expected members (by the pid in
+/// their client id), with what they look like now.
+pub fn groups_ready(brokers: &str, expected: &[(String, Vec<u32>)]) -> anyhow::Result<Vec<String>> {
     let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let mut not_ready = Vec::new();
-    for (group, members) in expected {
+    for (group, pids) in expected {
         let list = client.fetch_group_list(Some(group), Duration::from_secs(5))?;
-        let info = list.groups().first();
-        let (state, n) = info.map_or(("missing".to_string(), 0), |g| (g.state().to_string(), g.members().len()));
-        if state != "Stable" || n != *members {
-            not_ready.push(format!("{group}: {state} with {n}/{members} members"));
+        let (state, mut members) = list.groups().first().map_or(("missing".to_string(), vec![]), |g| {
+            (g.state().to_string(), g.members().iter().map(|m| m.client_id().to_string()).collect::<Vec<_>>())
+        });
+        let mut want: Vec<String> = pids.iter().map(|p| format!("parm-{p}")).collect();
+        members.sort();
+        want.sort();
+        if state != "Stable" || members != want {
+            not_ready.push(format!("{group}: {state} with members {members:?}, want {want:?}"));
         }
     }
     Ok(not_ready)

@@ -1,0 +1,65 @@
+"""The whole pipeline on a few hundred examples: train F, train Fp, export, reload, compare."""
+
+import json
+
+import numpy as np
+
+from parm_training import cli, export
+
+
+def test_base_and_parity_end_to_end(tmp_path, mnist):
+    out = tmp_path / "models"
+    assert cli.main(["base", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    assert cli.main(["parity", "--base", str(out / "mnist-mlp.json"), "--k", "2", "--encoder", "addition",
+                     "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+
+    base = json.loads((out / "mnist-mlp.json").read_text())
+    parity = json.loads((out / "mnist-mlp-parity-add-k2.json").read_text())
+    assert base["role"] == "base" and base["file"] == "mnist-mlp.onnx"
+    assert base["normalization"] == {"mean": 0.1307, "std": 0.3081, "in_graph": True}
+    assert parity["role"] == "parity" and parity["base"] == "mnist-mlp"
+    assert (parity["k"], parity["encoder"]) == (2, "addition")
+    assert parity["input_range"] == [0.0, 2.0]
+    assert set(parity["accuracy"]) == {"reconstruction_top1", "agreement_with_base", "base_top1"}
+    assert parity["accuracy"]["base_top1"] == base["accuracy"]["test_top1"]
+    for m in (base, parity):
+        assert m["input_shape"] == [1, 28, 28] and m["output_size"] == 10
+        assert len(m["reference"]["inputs"]) == 3 and len(m["reference"]["inputs"][0]) == 784
+        assert len(m["reference"]["outputs"]) == 3 and len(m["reference"]["outputs"][0]) == 10
+        assert m["training"]["epochs"] == 1
+
+    # Reload the exported files and compare with the references (what the Rust test does).
+    assert export.check_manifest(out / "mnist-mlp.json") < export.TOLERANCE
+    assert export.check_manifest(out / "mnist-mlp-parity-add-k2.json") < export.TOLERANCE
+    # The base reference inputs are real test images, the parity ones sums of two.
+    ref = np.asarray(base["reference"]["inputs"], dtype=np.float32)
+    assert np.allclose(ref, mnist.test.floats()[:3].reshape(3, -1), atol=1e-6)
+    assert np.asarray(parity["reference"]["inputs"]).max() > 1.0
+
+
+def test_dynamic_batch_and_in_graph_normalization(tmp_path):
+    import torch
+
+    from parm_training import models
+
+    torch.manual_seed(0)
+    model = models.build("mlp", 0.1307, 0.3081, (1, 28, 28), 10)
+    path = tmp_path / "m.onnx"
+    export.export_onnx(model, path, (1, 28, 28))
+    x = np.random.default_rng(0).random((5, 1, 28, 28), dtype=np.float32)
+    assert export.verify_onnx(path, model, x) < export.TOLERANCE
+    # Normalization is part of the graph: feeding raw pixels gives the same logits as
+    # normalizing first and running the layers without it.
+    with torch.no_grad():
+        manual = model.net((torch.as_tensor(x) - 0.1307) / 0.3081).numpy()
+    assert np.abs(export.OnnxModel(path)(x) - manual).max() < 1e-4
+
+
+def test_check_command_reports_a_bad_reference(tmp_path, capsys):
+    out = tmp_path / "models"
+    assert cli.main(["base", "--epochs", "1", "--limit", "200", "--out", str(out)]) == 0
+    manifest = json.loads((out / "mnist-mlp.json").read_text())
+    manifest["reference"]["outputs"][0][0] += 1.0
+    (out / "mnist-mlp.json").write_text(json.dumps(manifest))
+    assert cli.main(["check", str(out / "mnist-mlp.json")]) == 1
+    assert "differs from the reference" in capsys.readouterr().out
