@@ -11,6 +11,8 @@ FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY services ./services
+# Every workspace member's manifest must be there for the workspace to load.
+COPY benchmarks ./benchmarks
 # The Avro schemas are compiled in (include_str!).
 COPY schemas ./schemas
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
@@ -32,7 +34,7 @@ COPY --chown=root:root schemas /app/schemas
 WORKDIR /app
 ENV PARM_MODELS_DIR=/app/models \
     RUST_LOG=info,rdkafka=warn
-USER parm:parm
+USER 10001:10001
 # Metrics (--metrics-addr 0.0.0.0:9100) when a service is started with it.
 EXPOSE 9100
 ENTRYPOINT ["/usr/local/bin/parm-entrypoint"]
