@@ -139,11 +139,12 @@ impl KafkaArgs {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             // Range keeps the decoder's three input topics co-partitioned per instance.
-            .set("partition.assignment.strategy", "range");
+            .set("partition.assignment.strategy", "range")
+            .set("statistics.interval.ms", "2000");
         self.apply_overrides(&mut c);
         let counter = RebalanceCounter::default();
         let consumer = c
-            .create_with_context(ParmContext { rebalances: counter.clone() })
+            .create_with_context(ParmContext { rebalances: counter.clone(), group: group.to_string() })
             .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))?;
         Ok((consumer, counter))
     }
@@ -170,9 +171,25 @@ impl RebalanceCounter {
 /// changes, so no message of a new assignment can be seen under the old count.
 pub struct ParmContext {
     rebalances: RebalanceCounter,
+    group: String,
 }
 
-impl ClientContext for ParmContext {}
+impl ClientContext for ParmContext {
+    /// librdkafka's statistics (every `statistics.interval.ms`) carry the consumer lag of
+    /// each assigned partition; they arrive on its own thread, off the service loop.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 || p.consumer_lag < 0 {
+                    continue; // the internal UA partition, or not consumed yet
+                }
+                metrics::gauge!(crate::metrics::names::CONSUMER_LAG,
+                    "group" => self.group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
+                .set(p.consumer_lag as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for ParmContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -310,3 +327,4 @@ pub async fn partition_count(args: &KafkaArgs, topic: &str) -> anyhow::Result<i3
     })
     .await?
 }
+

@@ -68,6 +68,6 @@ pub mod names {
     pub const DECODER_AGREEMENT: &str = "parm_decoder_reconstruction_agreement_ratio";
     pub const DECODER_OPEN_GROUPS: &str = "parm_decoder_open_groups";
     pub const DECODER_LAGGING_PARTITIONS: &str = "parm_decoder_lagging_partitions";
-    /// labels `service`, `topic`, `partition`
+    /// labels `group` (consumer group), `topic`, `partition`
     pub const CONSUMER_LAG: &str = "parm_consumer_lag";
 }

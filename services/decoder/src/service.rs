@@ -37,6 +37,7 @@ struct QueryMeta {
 
 struct Decoder {
     args: DecoderArgs,
+    group: String,
     topics: Topics,
     producer: FutureProducer,
     join: Join<QueryMeta>,
@@ -67,6 +68,7 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let (consumer, rebalances) = args.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
     let mut d = Decoder {
+        group: args.group_name(),
         producer: args.kafka.producer()?,
         join: Join::new(args.join_config()),
         args,
@@ -146,10 +148,8 @@ impl Decoder {
         let now = now_ms();
         let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
         let parent = telemetry::extract(msg.headers());
-        let group = self.args.group_name();
-        let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &group, key };
+        let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
         let cx = telemetry::process_span(SERVICE, &consumed, &parent, vec![]);
-        drop(group);
         let payload = msg.payload().unwrap_or_default();
         let outcome = match topic {
             GROUPS => self.on_manifest(payload, origin, now),

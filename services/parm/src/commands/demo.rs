@@ -45,6 +45,10 @@ pub struct DemoArgs {
     /// Print one JSON object on the last line as well.
     #[arg(long)]
     pub json: bool,
+    /// Export every service's spans over OTLP/HTTP to this endpoint (e.g. a local Jaeger:
+    /// http://127.0.0.1:4318/v1/traces).
+    #[arg(long, env = "PARM_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Where the services' logs go (default: a temporary folder, printed).
     #[arg(long)]
     pub log_dir: Option<std::path::PathBuf>,
@@ -81,6 +85,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if args.straggler_ms > 0.0 {
         spec.per_model_worker_args.push((0, vec!["--delay-fixed-ms".into(), args.straggler_ms.to_string()]));
     }
+    spec.otlp_endpoint = args.otlp_endpoint.clone();
     if let Some(dir) = &args.log_dir {
         spec.log_dir = dir.clone();
     }

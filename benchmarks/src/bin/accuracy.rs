@@ -1,0 +1,381 @@
+//! Degraded-mode accuracy of every base/parity pair in `models/`, measured with tract and
+//! parm-core's encoder and decoder: the same code path as serving, not PyTorch.
+//!
+//! For each base model F: its top-1 over the whole test set. For each parity model Fp whose
+//! manifest names F as `base`: the test set is split into seeded random coding groups of k,
+//! each group is encoded with `ParityEncoder::encode`, Fp runs on the parity input, and every
+//! member is erased in turn and decoded with `parm_core::reconstruct` (Fp(P) minus the other
+//! members' F outputs). Reconstructions are scored against the true labels (the paper's
+//! "degraded mode accuracy") and against F's own top-1 (agreement).
+//!
+//! Writes `accuracy.md` (a table beside the paper's figures) and `accuracy.json`.
+//!
+//! ```text
+//! cargo run --release -p parm-benchmarks --bin accuracy -- [--models DIR] [--out DIR] [--seed N] [--limit N]
+//! ```
+
+use anyhow::{bail, Context as _};
+use parm_common::model::{models_dir, Model, ModelManifest};
+use parm_core::{reconstruct, top1, ParityEncoder, Tensor};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const BATCH: usize = 100;
+const DEFAULT_SEED: u64 = 1234;
+
+struct Args {
+    models: PathBuf,
+    out: PathBuf,
+    seed: u64,
+    limit: Option<usize>,
+}
+
+fn usage() -> &'static str {
+    "usage: accuracy [--models DIR] [--out DIR] [--seed N] [--limit N]\n\
+     \n\
+     --models DIR  the models folder (default: parm's models/)\n\
+     --out DIR     where accuracy.md and accuracy.json go (default: benchmarks/results)\n\
+     --seed N      seed of the random coding groups (default 1234)\n\
+     --limit N     use only the first N test examples (a quick look; the report says so)"
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut args = Args {
+        models: models_dir(),
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
+        seed: DEFAULT_SEED,
+        limit: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{}", usage()));
+        match a.as_str() {
+            "--models" => args.models = PathBuf::from(value("--models")?),
+            "--out" => args.out = PathBuf::from(value("--out")?),
+            "--seed" => args.seed = value("--seed")?.parse().context("--seed must be an integer")?,
+            "--limit" => args.limit = Some(value("--limit")?.parse().context("--limit must be an integer")?),
+            "-h" | "--help" => {
+                println!("{}", usage());
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument '{other}'\n{}", usage()),
+        }
+    }
+    Ok(args)
+}
+
+/// A test set: images as raw pixels p / 255, shape [1, 28, 28] each, and labels.
+struct TestSet {
+    images: Vec<Tensor>,
+    labels: Vec<usize>,
+    source: String,
+}
+
+/// Reads an IDX file of unsigned bytes (gzipped when the name ends in `.gz`): (dims, data).
+fn read_idx(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
+    let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let bytes = if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).with_context(|| format!("gunzipping {}", path.display()))?;
+        out
+    } else {
+        raw
+    };
+    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
+        bail!("{}: not an IDX file of unsigned bytes", path.display());
+    }
+    let ndim = bytes[3] as usize;
+    let header = 4 + 4 * ndim;
+    if bytes.len() < header {
+        bail!("{}: truncated IDX header", path.display());
+    }
+    let dims: Vec<usize> =
+        (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize).collect();
+    let n: usize = dims.iter().product();
+    if bytes.len() - header != n {
+        bail!("{}: header says {dims:?} ({n} bytes), file has {}", path.display(), bytes.len() - header);
+    }
+    Ok((dims, bytes[header..].to_vec()))
+}
+
+fn load_test_set(models: &Path, dataset: &str, limit: Option<usize>) -> anyhow::Result<TestSet> {
+    let data = models.join("data");
+    let images_path = data.join(format!("{dataset}-t10k-images.idx3-ubyte.gz"));
+    let labels_path = data.join(format!("{dataset}-t10k-labels.idx1-ubyte.gz"));
+    if !images_path.exists() || !labels_path.exists() {
+        bail!(
+            "the {dataset} test set is missing: expected {} and {}; write them with \
+             `training/.venv/bin/python -m parm_training export-data --dataset {dataset} --full --out models/data`",
+            images_path.display(),
+            labels_path.display()
+        );
+    }
+    let (dims, pixels) = read_idx(&images_path)?;
+    let (ldims, labels) = read_idx(&labels_path)?;
+    if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
+        bail!("{dataset}: image dims {dims:?} do not match label dims {ldims:?}");
+    }
+    let n = limit.map_or(dims[0], |l| l.min(dims[0]));
+    let per = dims[1] * dims[2];
+    let images = (0..n)
+        .map(|i| {
+            let data = pixels[i * per..(i + 1) * per].iter().map(|&p| p as f32 / 255.0).collect();
+            Tensor::new(vec![1, dims[1], dims[2]], data).context("test image")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels = labels[..n].iter().map(|&l| l as usize).collect();
+    let source = format!("{} ({n} of {} examples)", images_path.file_name().unwrap_or_default().to_string_lossy(), dims[0]);
+    Ok(TestSet { images, labels, source })
+}
+
+/// Runs a model over inputs in batches of BATCH; one logits vector per input.
+fn run(model: &Model, inputs: &[Tensor]) -> anyhow::Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(BATCH) {
+        let refs: Vec<&Tensor> = chunk.iter().collect();
+        out.extend(model.infer(&refs).with_context(|| format!("running {}", model.manifest.name))?);
+    }
+    Ok(out)
+}
+
+#[derive(Serialize)]
+struct BaseResult {
+    name: String,
+    dataset: String,
+    test_examples: usize,
+    top1: f64,
+    seconds: f64,
+}
+
+#[derive(Serialize)]
+struct ParityResult {
+    name: String,
+    base: String,
+    dataset: String,
+    encoder: String,
+    k: usize,
+    groups: usize,
+    reconstructions: usize,
+    base_top1: f64,
+    reconstruction_top1: f64,
+    agreement_with_base: f64,
+    /// base_top1 - reconstruction_top1, in percentage points.
+    gap_points: f64,
+    paper: Option<Paper>,
+    seconds: f64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+struct Paper {
+    deployed: f64,
+    reconstructed: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    what: &'static str,
+    seed: u64,
+    limit: Option<usize>,
+    data: BTreeMap<String, String>,
+    base: Vec<BaseResult>,
+    parity: Vec<ParityResult>,
+}
+
+/// The paper's k = 2 degraded-mode figures (Figure 5, read to ±0.5; DESIGN.md's table).
+fn paper_figure(dataset: &str, k: usize) -> Option<Paper> {
+    match (dataset, k) {
+        ("mnist", 2) => Some(Paper { deployed: 99.2, reconstructed: 99.2 }),
+        ("fashion-mnist", 2) => Some(Paper { deployed: 92.9, reconstructed: 91.1 }),
+        _ => None,
+    }
+}
+
+fn evaluate_parity(
+    fp: &Model,
+    set: &TestSet,
+    base_logits: &[Vec<f32>],
+    seed: u64,
+) -> anyhow::Result<(usize, usize, usize, usize, usize)> {
+    let m = &fp.manifest;
+    let k = m.k.with_context(|| format!("{}: parity manifest without k", m.name))?;
+    let encoder: ParityEncoder = m
+        .encoder
+        .as_deref()
+        .with_context(|| format!("{}: parity manifest without encoder", m.name))?
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
+    let mut order: Vec<usize> = (0..set.images.len()).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
+    let parity_inputs = groups
+        .iter()
+        .map(|g| {
+            let members: Vec<&Tensor> = g.iter().map(|&i| &set.images[i]).collect();
+            encoder.encode(k, &members).with_context(|| format!("encoding a group for {}", m.name))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let parity_out = run(fp, &parity_inputs)?;
+    let (mut correct, mut agree, mut base_correct, mut total) = (0, 0, 0, 0);
+    for (g, p) in groups.iter().zip(&parity_out) {
+        for (j, &erased) in g.iter().enumerate() {
+            let others = g.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, &o)| base_logits[o].as_slice());
+            let decoded = reconstruct(p, others).context("parity and base outputs differ in size")?;
+            let got = top1(&decoded);
+            let f_top = top1(&base_logits[erased]);
+            correct += usize::from(got == Some(set.labels[erased]));
+            agree += usize::from(got == f_top);
+            base_correct += usize::from(f_top == Some(set.labels[erased]));
+            total += 1;
+        }
+    }
+    Ok((groups.len(), total, correct, agree, base_correct))
+}
+
+fn pct(x: f64) -> String {
+    format!("{:.2}", 100.0 * x)
+}
+
+fn markdown(report: &Report) -> String {
+    let mut s = String::new();
+    s.push_str("# Degraded-mode accuracy\n\n");
+    s.push_str(
+        "Written by `cargo run --release -p parm-benchmarks --bin accuracy` (see `benchmarks/README.md`): \
+         tract runs the ONNX models in `models/`, parm-core encodes the parity inputs and decodes \
+         (the serving code path). Each test example is in one seeded random coding group of k; every \
+         member of every group is erased in turn and reconstructed as Fp(P) − Σ_{i≠j} F(Xi). \
+         *Reconstruction* is the decoded top-1 against the true labels (the paper's degraded-mode \
+         accuracy), *agreement* the decoded top-1 against F's own top-1. Percent.\n\n",
+    );
+    s.push_str(&format!("Seed {}; data: ", report.seed));
+    s.push_str(&report.data.iter().map(|(d, src)| format!("{d}: {src}")).collect::<Vec<_>>().join("; "));
+    s.push_str(".\n\n");
+    if report.limit.is_some() {
+        s.push_str("**Partial run (`--limit`): not the whole test set.**\n\n");
+    }
+    s.push_str("| data set | F | F top-1 | Fp | encoder | k | reconstruction top-1 | gap (points) | agreement with F | paper (k=2): deployed → reconstructed |\n");
+    s.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    for p in &report.parity {
+        let paper = p.paper.map_or("—".to_string(), |q| format!("{:.1} → {:.1}", q.deployed, q.reconstructed));
+        s.push_str(&format!(
+            "| {} | `{}` | {} | `{}` | {} | {} | {} | {:.2} | {} | {} |\n",
+            p.dataset,
+            p.base,
+            pct(p.base_top1),
+            p.name,
+            p.encoder,
+            p.k,
+            pct(p.reconstruction_top1),
+            p.gap_points,
+            pct(p.agreement_with_base),
+            paper
+        ));
+    }
+    let without: Vec<&BaseResult> = report.base.iter().filter(|b| !report.parity.iter().any(|p| p.base == b.name)).collect();
+    if !without.is_empty() {
+        s.push_str("\nBase models without a parity model: ");
+        s.push_str(&without.iter().map(|b| format!("`{}` {} top-1 {}", b.name, b.dataset, pct(b.top1))).collect::<Vec<_>>().join(", "));
+        s.push_str(".\n");
+    }
+    s.push_str(
+        "\nPaper figures: Kosaian et al., SOSP 2019, Figure 5 (k = 2, read to ±0.5); the paper's MNIST and \
+         Fashion-MNIST F differ from ours, so compare gaps rather than absolute numbers.\n",
+    );
+    s
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&args.models)
+        .with_context(|| format!("reading the models folder {}", args.models.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    manifests.sort();
+    let mut bases = Vec::new();
+    let mut parities = Vec::new();
+    for path in &manifests {
+        let (m, _) = ModelManifest::load(path)?;
+        match m.role.as_str() {
+            "base" => bases.push(path.clone()),
+            "parity" => parities.push((path.clone(), m)),
+            other => eprintln!("accuracy: skipping {}: unknown role '{other}'", path.display()),
+        }
+    }
+    let mut report =
+        Report { what: "degraded-mode accuracy", seed: args.seed, limit: args.limit, data: BTreeMap::new(), base: Vec::new(), parity: Vec::new() };
+    let mut sets: BTreeMap<String, TestSet> = BTreeMap::new();
+    for base_path in &bases {
+        let f = Model::load(base_path)?;
+        let dataset = f.manifest.dataset.clone();
+        if !sets.contains_key(&dataset) {
+            let set = load_test_set(&args.models, &dataset, args.limit)?;
+            report.data.insert(dataset.clone(), set.source.clone());
+            sets.insert(dataset.clone(), set);
+        }
+        let set = &sets[&dataset];
+        let t0 = Instant::now();
+        let logits = run(&f, &set.images)?;
+        let correct = logits.iter().zip(&set.labels).filter(|(l, &y)| top1(l) == Some(y)).count();
+        let top = correct as f64 / set.labels.len() as f64;
+        eprintln!("accuracy: F {} on {dataset}: top-1 {} ({:.1}s)", f.manifest.name, pct(top), t0.elapsed().as_secs_f64());
+        report.base.push(BaseResult {
+            name: f.manifest.name.clone(),
+            dataset: dataset.clone(),
+            test_examples: set.labels.len(),
+            top1: top,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
+        for (path, pm) in parities.iter().filter(|(_, pm)| pm.base.as_deref() == Some(f.manifest.name.as_str())) {
+            if pm.dataset != dataset {
+                bail!("{}: data set {} differs from its base's ({dataset})", path.display(), pm.dataset);
+            }
+            let t0 = Instant::now();
+            let fp = Model::load(path)?;
+            let (groups, total, correct, agree, base_correct) = evaluate_parity(&fp, set, &logits, args.seed)?;
+            let r = ParityResult {
+                name: pm.name.clone(),
+                base: f.manifest.name.clone(),
+                dataset: dataset.clone(),
+                encoder: pm.encoder.clone().unwrap_or_default(),
+                k: pm.k.unwrap_or_default(),
+                groups,
+                reconstructions: total,
+                base_top1: base_correct as f64 / total as f64,
+                reconstruction_top1: correct as f64 / total as f64,
+                agreement_with_base: agree as f64 / total as f64,
+                gap_points: 100.0 * (base_correct as f64 - correct as f64) / total as f64,
+                paper: paper_figure(&dataset, pm.k.unwrap_or_default()),
+                seconds: t0.elapsed().as_secs_f64(),
+            };
+            eprintln!(
+                "accuracy: Fp {} ({} k={}): reconstruction {} (F {} on the same examples), agreement {} ({:.1}s)",
+                r.name,
+                r.encoder,
+                r.k,
+                pct(r.reconstruction_top1),
+                pct(r.base_top1),
+                pct(r.agreement_with_base),
+                r.seconds
+            );
+            report.parity.push(r);
+        }
+    }
+    for (path, pm) in &parities {
+        if !report.parity.iter().any(|r| r.name == pm.name) {
+            eprintln!("accuracy: skipping {}: its base '{}' is not in {}", path.display(), pm.base.as_deref().unwrap_or("?"), args.models.display());
+        }
+    }
+    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let md = args.out.join("accuracy.md");
+    let json = args.out.join("accuracy.json");
+    std::fs::write(&md, markdown(&report)).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", json.display()))?;
+    eprintln!("accuracy: wrote {} and {}", md.display(), json.display());
+    Ok(())
+}
