@@ -124,7 +124,8 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed)
     trained = train.train_parity(
         arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
-        ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes),
+        ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
+        init=export.onnx_weights(base_path.parent / base["file"]) if args.init_from_base else None,
     )
 
     name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
@@ -140,6 +141,11 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     p_mean, p_std = encoder.normalization(ds.mean, ds.std, args.k)
     info = _training_info(args, trained, hyper, argv, arch)
     info["train_examples"] = len(fit)
+    info["loss"] = (
+        "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
+        else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
+    )
+    info["init"] = "F's weights" if args.init_from_base else "random"
     info["evaluation"] = {
         "split": "test",
         "groups": d.groups,
@@ -165,7 +171,9 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
             "agreement_with_base": round(d.agreement_with_base, 6),
             "base_top1": round(d.base_top1, 6),
         },
-        "reference": export.reference_io(fp, parity_x[:REFERENCE_COUNT]),
+        # groups: the test-set indices of the members of each reference input, so another
+        # implementation of the encoder can check that it builds the same parity inputs.
+        "reference": {**export.reference_io(fp, parity_x[:REFERENCE_COUNT]), "groups": groups[:REFERENCE_COUNT].tolist()},
         "training": info,
     }
     export.write_manifest(out / f"{name}.json", manifest)
@@ -180,11 +188,17 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
 
 def cmd_export_data(args: argparse.Namespace, argv: list[str]) -> int:
     ds = data.load(args.dataset)
-    n = min(args.count, len(ds.test))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    images = out / f"{ds.name}-test-images.idx3-ubyte"
-    labels = out / f"{ds.name}-test-labels.idx1-ubyte"
+    if args.full:
+        # The whole test set, gzipped (the accuracy benchmark's input).
+        n = len(ds.test)
+        images = out / f"{ds.name}-t10k-images.idx3-ubyte.gz"
+        labels = out / f"{ds.name}-t10k-labels.idx1-ubyte.gz"
+    else:
+        n = min(args.count, len(ds.test))
+        images = out / f"{ds.name}-test-images.idx3-ubyte"
+        labels = out / f"{ds.name}-test-labels.idx1-ubyte"
     write_idx(images, ds.test.images[:n])
     write_idx(labels, ds.test.labels[:n].astype(np.uint8))
     train.log(f"wrote the first {n} {ds.name} test examples to {images} and {labels}")
@@ -230,12 +244,19 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--k", type=int, default=2)
     q.add_argument("--encoder", choices=sorted(encoders.ENCODERS), default="addition")
     q.add_argument("--arch", help="Fp's architecture (default: F's)")
+    q.add_argument("--init-from-base", action="store_true",
+                   help="start Fp from F's weights (read from F's ONNX file) instead of a random init")
+    q.add_argument("--ce-weight", type=float, default=0.0,
+                   help="add this weight times the cross-entropy of each decoded output against F's top-1 "
+                   "(default 0: the reference recipe, MSE on the sum only)")
     training_args(q)
     q.set_defaults(run=cmd_parity)
 
     e = sub.add_parser("export-data", help="write test images and labels as IDX files")
     e.add_argument("--dataset", choices=data.DATASETS, default="mnist")
     e.add_argument("--count", type=int, default=2000)
+    e.add_argument("--full", action="store_true",
+                   help="write the whole test set gzipped, as {dataset}-t10k-{images,labels}.idx?-ubyte.gz")
     e.add_argument("--out", default="models/data")
     e.set_defaults(run=cmd_export_data)
 

@@ -75,6 +75,14 @@ class OnnxModel:
         return np.concatenate(outs).astype(np.float32)
 
 
+def onnx_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """The initializers of an exported model, by name (the PyTorch parameter names)."""
+    import onnx
+    from onnx import numpy_helper
+
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
 def verify_onnx(path: str | Path, model: nn.Module, samples: np.ndarray, atol: float = TOLERANCE) -> float:
     """Checks that the ONNX file reproduces PyTorch on the samples, at several batch sizes.
 

@@ -35,9 +35,15 @@ def read_idx(path: str | Path) -> np.ndarray:
 
 
 def write_idx(path: str | Path, array: np.ndarray) -> None:
-    """Writes a uint8 array as an uncompressed IDX file (magic 0x0000080N, N = ndim)."""
+    """Writes a uint8 array as an IDX file (magic 0x0000080N, N = ndim), gzipped when the
+    name ends in `.gz` (with mtime 0, so the same data always gives the same bytes)."""
     array = np.ascontiguousarray(array)
     if array.dtype != np.uint8:
         raise TypeError(f"IDX writer takes uint8, got {array.dtype}")
     header = struct.pack(">HBB", 0, UBYTE, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    Path(path).write_bytes(header + array.tobytes())
+    path = Path(path)
+    if path.suffix == ".gz":
+        with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
+            f.write(header + array.tobytes())
+    else:
+        path.write_bytes(header + array.tobytes())

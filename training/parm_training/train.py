@@ -18,6 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as nnf
 
 from parm_training import encoders as enc
 from parm_training import models
@@ -197,8 +198,15 @@ def train_parity(
     epochs: int,
     hyper: Hyper = Hyper(),
     max_seconds: float | None = None,
+    ce_weight: float = 0.0,
+    init: dict[str, np.ndarray] | None = None,
 ) -> Trained:
     """Trains Fp for (encoder, k) against F's cached logits; F itself is never touched.
+
+    ce_weight = 0 is the reference recipe: MSE(Fp(P), sum_i F(Xi)). ce_weight > 0 adds a
+    loss on what the decoder actually outputs: every member j of the group is decoded as
+    Fp(P) - sum_{i != j} F(Xi), and its cross-entropy against F's own top-1 for Xj is
+    added with that weight (no labels needed: F is the teacher, as for the MSE).
 
     Groups are redrawn every epoch (a fresh permutation of the training examples), so Fp
     sees many different sums; validation groups are fixed so epochs compare fairly.
@@ -209,6 +217,13 @@ def train_parity(
     torch.manual_seed(hyper.seed)
     p_mean, p_std = encoder.normalization(mean, std, k)
     model = models.build(arch, p_mean, p_std, train_x.shape[1:], train_logits.shape[1])
+    if init is not None:
+        # Start from F's weights instead of a random init (the reference starts at random).
+        state = model.state_dict()
+        missing = [k for k in state if k not in init]
+        if missing:
+            raise ValueError(f"cannot initialize Fp from F: F has no weights {missing} (is Fp's architecture F's?)")
+        model.load_state_dict({k: torch.as_tensor(init[k]).reshape(state[k].shape) for k in state})
     x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
     n_groups = len(x) // k
     gen = torch.Generator().manual_seed(hyper.seed + 1)
@@ -220,9 +235,17 @@ def train_parity(
         nonlocal epoch_groups
         epoch_groups = torch.randperm(len(x), generator=gen)[: n_groups * k].reshape(n_groups, k)
 
+    f_top1 = t.argmax(dim=1)
+
     def step(idx: torch.Tensor) -> torch.Tensor:
         groups = epoch_groups[idx]
-        return loss_fn(model(encoder.encode(x[groups])), t[groups].sum(dim=1))
+        members = t[groups]  # [n, k, C]
+        out = model(encoder.encode(x[groups]))
+        loss = loss_fn(out, members.sum(dim=1))
+        if ce_weight > 0:
+            decoded = enc.decode(out, members)  # [n, k, C]
+            loss = loss + ce_weight * nnf.cross_entropy(decoded.reshape(-1, decoded.shape[-1]), f_top1[groups].reshape(-1))
+        return loss
 
     val_groups = make_groups(len(val_x), k, hyper.seed + 2)
 
