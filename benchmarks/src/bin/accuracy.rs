@@ -168,6 +168,9 @@ struct ParityResult {
     /// base_top1 - reconstruction_top1, in percentage points.
     gap_points: f64,
     paper: Option<Paper>,
+    /// Largest difference between parm-core's parity inputs and training's on the
+    /// manifest's reference groups (None: the manifest records no groups).
+    encoder_max_difference: Option<f32>,
     seconds: f64,
 }
 
@@ -194,6 +197,35 @@ fn paper_figure(dataset: &str, k: usize) -> Option<Paper> {
         ("fashion-mnist", 2) => Some(Paper { deployed: 92.9, reconstructed: 91.1 }),
         _ => None,
     }
+}
+
+/// Checks that `ParityEncoder::encode` builds the parity inputs that training built: the
+/// manifest's `reference.groups` (test-set indices) were encoded in Python into
+/// `reference.inputs`. Returns the largest difference, or None when the manifest has no
+/// groups (or they fall outside a `--limit`ed test set).
+fn encoder_difference(path: &Path, encoder: ParityEncoder, k: usize, set: &TestSet) -> anyhow::Result<Option<f32>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let (Some(groups), Some(inputs)) = (v["reference"]["groups"].as_array(), v["reference"]["inputs"].as_array()) else {
+        return Ok(None);
+    };
+    let mut worst = 0.0f32;
+    for (g, input) in groups.iter().zip(inputs) {
+        let idx: Vec<usize> = g.as_array().context("reference.groups holds lists")?.iter().filter_map(|i| i.as_u64().map(|i| i as usize)).collect();
+        if idx.len() != k || idx.iter().any(|&i| i >= set.images.len()) {
+            return Ok(None);
+        }
+        let members: Vec<&Tensor> = idx.iter().map(|&i| &set.images[i]).collect();
+        let p = encoder.encode(k, &members)?;
+        let want: Vec<f32> = input.as_array().context("reference.inputs holds lists")?.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
+        if want.len() != p.data().len() {
+            bail!("{}: reference input has {} values, the encoder made {}", path.display(), want.len(), p.data().len());
+        }
+        for (a, b) in p.data().iter().zip(&want) {
+            worst = worst.max((a - b).abs());
+        }
+    }
+    Ok(Some(worst))
 }
 
 fn evaluate_parity(
@@ -282,6 +314,17 @@ fn markdown(report: &Report) -> String {
         s.push_str(&without.iter().map(|b| format!("`{}` {} top-1 {}", b.name, b.dataset, pct(b.top1))).collect::<Vec<_>>().join(", "));
         s.push_str(".\n");
     }
+    let checked: Vec<String> = report
+        .parity
+        .iter()
+        .filter_map(|p| p.encoder_max_difference.map(|d| format!("`{}` {d:.1e}", p.name)))
+        .collect();
+    if !checked.is_empty() {
+        s.push_str(&format!(
+            "\nparm-core's encoder rebuilds training's reference parity inputs (largest difference): {}.\n",
+            checked.join(", ")
+        ));
+    }
     s.push_str(
         "\nPaper figures: Kosaian et al., SOSP 2019, Figure 5 (k = 2, read to ±0.5); the paper's MNIST and \
          Fashion-MNIST F differ from ours, so compare gaps rather than absolute numbers.\n",
@@ -338,6 +381,18 @@ fn main() -> anyhow::Result<()> {
             let t0 = Instant::now();
             let fp = Model::load(path)?;
             let (groups, total, correct, agree, base_correct) = evaluate_parity(&fp, set, &logits, args.seed)?;
+            let encoder: ParityEncoder = pm.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!(e))?;
+            let encoder_max_difference = encoder_difference(path, encoder, pm.k.unwrap_or_default(), set)?;
+            // Reference inputs are rounded to 7 significant digits: values up to 4 differ by < 1e-6.
+            if let Some(d) = encoder_max_difference {
+                if d > 1e-5 {
+                    bail!(
+                        "{}: parm-core's {encoder} encoder builds different parity inputs than training did \
+                         (largest difference {d:e} on the manifest's reference groups); the decoded accuracy would be meaningless",
+                        path.display()
+                    );
+                }
+            }
             let r = ParityResult {
                 name: pm.name.clone(),
                 base: f.manifest.name.clone(),
@@ -351,6 +406,7 @@ fn main() -> anyhow::Result<()> {
                 agreement_with_base: agree as f64 / total as f64,
                 gap_points: 100.0 * (base_correct as f64 - correct as f64) / total as f64,
                 paper: paper_figure(&dataset, pm.k.unwrap_or_default()),
+                encoder_max_difference,
                 seconds: t0.elapsed().as_secs_f64(),
             };
             eprintln!(
