@@ -63,3 +63,20 @@ def test_check_command_reports_a_bad_reference(tmp_path, capsys):
     (out / "mnist-mlp.json").write_text(json.dumps(manifest))
     assert cli.main(["check", str(out / "mnist-mlp.json")]) == 1
     assert "differs from the reference" in capsys.readouterr().out
+
+
+def test_lenet_and_the_improved_parity_recipe(tmp_path, mnist):
+    """LeNet F, then Fp started from F's weights with the decoded-output loss, a cosine
+    schedule and the concatenation encoder at k = 4: the options the committed models use."""
+    out = tmp_path / "models"
+    assert cli.main(["base", "--arch", "lenet", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    assert cli.main(["parity", "--base", str(out / "mnist-lenet.json"), "--k", "4", "--encoder", "concatenation",
+                     "--init-from-base", "--ce-weight", "10", "--schedule", "cosine",
+                     "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    parity = json.loads((out / "mnist-lenet-parity-concat-k4.json").read_text())
+    assert (parity["k"], parity["encoder"], parity["input_range"]) == (4, "concatenation", [0.0, 1.0])
+    assert parity["training"]["init"] == "F's weights"
+    assert parity["training"]["optimizer"]["schedule"] == "cosine"
+    assert "cross_entropy" in parity["training"]["loss"]
+    assert len(parity["reference"]["groups"]) == 3 and len(parity["reference"]["groups"][0]) == 4
+    assert export.check_manifest(out / "mnist-lenet-parity-concat-k4.json") < export.TOLERANCE
