@@ -10,6 +10,7 @@
 //! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
 //! - [`dead_letter`]: building `parm.dead-letters` records.
 //! - [`outbox`]: produced batches whose acknowledgement gates offset commits.
+//! - [`service_args`]: the flags every service shares.
 //! - [`shutdown`]: one signal that tells every loop to stop cleanly.
 
 pub mod avro;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod records;
+pub mod service_args;
 pub mod shutdown;
 pub mod telemetry;
 

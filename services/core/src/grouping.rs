@@ -2,9 +2,10 @@
 //!
 //! Queries are grouped per input partition, in offset order: a group closes when it has
 //! `k` members or when its oldest member has waited `linger_ms`. A group's id is derived
-//! from its input partition and first offset, so a replay of the same offsets with the same
-//! timing rebuilds the same groups; only a group closed early by the linger can come out
-//! differently on replay, and then only for queries that were in flight.
+//! from its input partition and its first and last offsets, so a replay of the same offsets
+//! with the same timing rebuilds the same groups. A group closed early by the linger can
+//! come out differently on replay (only for queries that were in flight); it then gets a
+//! different id, so the decoder never mixes the parts of two different groupings.
 
 use std::collections::BTreeMap;
 
@@ -90,8 +91,9 @@ impl<Q> GroupBuilder<Q> {
     fn close(&mut self, input_partition: i32) -> Option<ClosedGroup<Q>> {
         let group = self.open.remove(&input_partition)?;
         let first_offset = group.members.first()?.offset;
+        let last_offset = group.members.last()?.offset;
         Some(ClosedGroup {
-            id: group_id(input_partition, first_offset),
+            id: group_id(input_partition, first_offset, last_offset),
             input_partition,
             first_offset,
             members: group.members,
@@ -99,9 +101,9 @@ impl<Q> GroupBuilder<Q> {
     }
 }
 
-/// The deterministic id of the group that starts at `first_offset` of `input_partition`.
-pub fn group_id(input_partition: i32, first_offset: i64) -> String {
-    format!("p{input_partition}-o{first_offset}")
+/// The deterministic id of the group of offsets `first..=last` of `input_partition`.
+pub fn group_id(input_partition: i32, first_offset: i64, last_offset: i64) -> String {
+    format!("p{input_partition}-o{first_offset}-{last_offset}")
 }
 
 /// The model-queries partition of member `index` of a group: consecutive partitions
@@ -132,7 +134,7 @@ mod tests {
         let mut b = GroupBuilder::new(2, 10);
         assert!(b.push(0, 5, "a", 100).is_none());
         let g = b.push(0, 6, "b", 101).unwrap();
-        assert_eq!(g.id, "p0-o5");
+        assert_eq!(g.id, "p0-o5-6");
         assert_eq!(g.members.len(), 2);
         assert!(b.push(1, 0, "c", 200).is_none());
         assert_eq!(b.next_deadline(), Some(210));
@@ -144,6 +146,21 @@ mod tests {
     }
 
     #[test]
+    fn a_different_grouping_on_replay_gets_different_ids() {
+        // First run: the linger closed {5} alone, then {6, 7}.
+        let mut first = GroupBuilder::new(2, 10);
+        first.push(0, 5, (), 0);
+        let a = first.poll_expired(10).remove(0).id;
+        first.push(0, 6, (), 11);
+        let b = first.push(0, 7, (), 12).unwrap().id;
+        // Replay: 5 and 6 arrive together.
+        let mut replay = GroupBuilder::new(2, 10);
+        replay.push(0, 5, (), 100);
+        let c = replay.push(0, 6, (), 100).unwrap().id;
+        assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("p0-o5-5", "p0-o6-7", "p0-o5-6"));
+    }
+
+    #[test]
     fn members_of_a_group_get_distinct_partitions() {
         for first in 0..50i64 {
             for k in 1..=4usize {
@@ -151,7 +168,7 @@ mod tests {
                 assert_eq!(parts.len(), k);
             }
         }
-        assert_eq!(group_partition("p0-o1", 3), group_partition("p0-o1", 3));
+        assert_eq!(group_partition("p0-o1-2", 3), group_partition("p0-o1-2", 3));
         assert!((0..3).contains(&group_partition("p9-o77", 3)));
     }
 }

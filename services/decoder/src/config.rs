@@ -1,19 +1,13 @@
 //! The decoder's settings.
 
-use parm_common::kafka::KafkaArgs;
-use parm_common::metrics::MetricsArgs;
-use parm_common::telemetry::TelemetryArgs;
+use parm_common::service_args::ServiceArgs;
 use parm_core::{JoinConfig, Policy};
 
 /// `parm decoder`: flags and `PARM_*` variables.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DecoderArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub common: ServiceArgs,
     /// When to answer with a reconstruction: `deadline` (wait for the real prediction until
     /// the query's deadline) or `eager` (as soon as parity and the other members are in).
     #[arg(long, env = "PARM_POLICY", default_value = "deadline")]
@@ -35,7 +29,7 @@ pub struct DecoderArgs {
 
 impl DecoderArgs {
     pub fn group_name(&self) -> String {
-        self.group.clone().unwrap_or_else(|| format!("{}-decoder", self.kafka.topic_prefix))
+        self.group.clone().unwrap_or_else(|| format!("{}-decoder", self.common.kafka.topic_prefix))
     }
 
     pub fn join_config(&self) -> JoinConfig {

@@ -53,11 +53,11 @@ struct Decoder {
 
 /// Runs the decoder until `shutdown` fires or a write fails.
 pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
-    let topics = args.kafka.topics();
+    let topics = args.common.kafka.topics();
     let counts = [
-        kafka::partition_count(&args.kafka, &topics.groups).await?,
-        kafka::partition_count(&args.kafka, &topics.predictions).await?,
-        kafka::partition_count(&args.kafka, &topics.parity_predictions).await?,
+        kafka::partition_count(&args.common.kafka, &topics.groups).await?,
+        kafka::partition_count(&args.common.kafka, &topics.predictions).await?,
+        kafka::partition_count(&args.common.kafka, &topics.parity_predictions).await?,
     ];
     if counts.iter().any(|c| *c != counts[0]) {
         anyhow::bail!(
@@ -65,11 +65,11 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.groups, topics.predictions, topics.parity_predictions, counts
         );
     }
-    let (consumer, rebalances) = args.kafka.consumer(&args.group_name())?;
+    let (consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
     let mut d = Decoder {
         group: args.group_name(),
-        producer: args.kafka.producer()?,
+        producer: args.common.kafka.producer()?,
         join: Join::new(args.join_config()),
         args,
         topics,

@@ -1,20 +1,14 @@
 //! The encoder's settings.
 
-use parm_common::kafka::KafkaArgs;
-use parm_common::metrics::MetricsArgs;
+use parm_common::service_args::ServiceArgs;
 use parm_common::model::{resolve, ModelManifest};
-use parm_common::telemetry::TelemetryArgs;
 use parm_core::ParityEncoder;
 
 /// `parm encoder`: flags and `PARM_*` variables.
 #[derive(clap::Args, Debug, Clone)]
 pub struct EncoderArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub common: ServiceArgs,
     /// The parity model (name in models/ or path to its manifest): k, the encoder and the
     /// input shape are read from it.
     #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-mlp-parity-add-k2")]
@@ -44,7 +38,7 @@ pub struct CodingPlan {
 
 impl EncoderArgs {
     pub fn group_name(&self) -> String {
-        self.group.clone().unwrap_or_else(|| format!("{}-encoder", self.kafka.topic_prefix))
+        self.group.clone().unwrap_or_else(|| format!("{}-encoder", self.common.kafka.topic_prefix))
     }
 
     pub fn coding_plan(&self) -> anyhow::Result<CodingPlan> {

@@ -46,8 +46,8 @@ struct Encoder {
 /// without committing past the unwritten queries, so a restart replays them).
 pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
-    let topics = args.kafka.topics();
-    let model_partitions = partition_count(&args.kafka, &topics.model_queries).await?;
+    let topics = args.common.kafka.topics();
+    let model_partitions = partition_count(&args.common.kafka, &topics.model_queries).await?;
     if (model_partitions as usize) < plan.k {
         anyhow::bail!(
             "{} has {model_partitions} partitions but k = {}: the members of a group need distinct model workers; \
@@ -55,10 +55,10 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.model_queries, plan.k
         );
     }
-    let parity_partitions = partition_count(&args.kafka, &topics.parity_queries).await?;
-    let decoder_partitions = partition_count(&args.kafka, &topics.groups).await?;
-    let producer = args.kafka.producer()?;
-    let (consumer, rebalances) = args.kafka.consumer(&args.group_name())?;
+    let parity_partitions = partition_count(&args.common.kafka, &topics.parity_queries).await?;
+    let decoder_partitions = partition_count(&args.common.kafka, &topics.groups).await?;
+    let producer = args.common.kafka.producer()?;
+    let (consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.queries])?;
     tracing::info!(k = plan.k, encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
 

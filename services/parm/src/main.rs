@@ -54,19 +54,19 @@ fn main() {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Encoder(a) => {
-            let _t = service_setup("encoder", &a.telemetry, &a.metrics)?;
+            let _t = a.common.setup("encoder")?;
             parm_encoder::run(a, shutdown::on_signals()).await
         }
         Command::ModelWorker(a) => {
-            let _t = service_setup("model-worker", &a.telemetry, &a.metrics)?;
+            let _t = a.common.setup("model-worker")?;
             parm_worker::run(a, Role::Model, shutdown::on_signals()).await
         }
         Command::ParityWorker(a) => {
-            let _t = service_setup("parity-worker", &a.telemetry, &a.metrics)?;
+            let _t = a.common.setup("parity-worker")?;
             parm_worker::run(a, Role::Parity, shutdown::on_signals()).await
         }
         Command::Decoder(a) => {
-            let _t = service_setup("decoder", &a.telemetry, &a.metrics)?;
+            let _t = a.common.setup("decoder")?;
             parm_decoder::run(a, shutdown::on_signals()).await
         }
         Command::Topics(a) => topics::run(a).await,
@@ -74,13 +74,4 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Consume(a) => consume::run(a).await,
         Command::Demo(a) => demo::run(a).await,
     }
-}
-
-fn service_setup(
-    name: &str,
-    t: &telemetry::TelemetryArgs,
-    m: &parm_common::metrics::MetricsArgs,
-) -> anyhow::Result<telemetry::TelemetryGuard> {
-    parm_common::metrics::init(m)?;
-    telemetry::init_tracing(name, t)
 }

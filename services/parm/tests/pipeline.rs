@@ -158,3 +158,23 @@ async fn bad_input_goes_to_dead_letters_and_everything_else_is_answered() {
         assert_eq!(d.service, "encoder");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_killed_mid_stream_leaves_no_query_without_a_result() {
+    let mut p = Pipeline::start("enckill", 2, 1, |s| s.encoder_args = vec!["--linger-ms".into(), "20".into()]).await;
+    let first = p.send("a", 0..30, 40.0, None).await;
+    p.deployment.kill("encoder").unwrap();
+    let second = p.send("b", 30..60, 40.0, None).await;
+    p.deployment.restart("encoder").unwrap();
+    let mut all = first.clone();
+    all.extend(second);
+    let (results, duplicates) = p.results_for(&all, Duration::from_secs(90)).await;
+    eprintln!("after an encoder crash: {} results, {duplicates} duplicates", results.len());
+    assert_eq!(count(&results, ResultSource::Unavailable), 0, "the replayed queries are served");
+    for (id, idx) in &all {
+        let r = &results[id].result;
+        if r.source == ResultSource::Model {
+            assert_eq!(r.top1, Some(top1_of_f(&mnist().images[*idx])), "{id}");
+        }
+    }
+}

@@ -1,9 +1,7 @@
 //! The worker's settings.
 
+use parm_common::service_args::ServiceArgs;
 use crate::delay::DelayArgs;
-use parm_common::kafka::KafkaArgs;
-use parm_common::metrics::MetricsArgs;
-use parm_common::telemetry::TelemetryArgs;
 
 /// Which model a worker serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,11 +25,7 @@ impl Role {
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    pub kafka: KafkaArgs,
-    #[command(flatten)]
-    pub telemetry: TelemetryArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
+    pub common: ServiceArgs,
     /// The model to serve (name in models/ or path to its manifest). Default: mnist-mlp for
     /// a model worker, mnist-mlp-parity-add-k2 for a parity worker.
     #[arg(long, env = "PARM_MODEL")]
@@ -64,7 +58,7 @@ impl WorkerArgs {
     }
 
     pub fn group_name(&self, role: Role) -> String {
-        self.group.clone().unwrap_or_else(|| format!("{}-{}-workers", self.kafka.topic_prefix, role.as_str()))
+        self.group.clone().unwrap_or_else(|| format!("{}-{}-workers", self.common.kafka.topic_prefix, role.as_str()))
     }
 
     pub fn worker_name(&self, role: Role) -> String {

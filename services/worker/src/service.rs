@@ -58,13 +58,13 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     if model.manifest.role != want {
         anyhow::bail!("{} is a {} model, but a {} worker serves a {want} model; pass --model", model.manifest.name, model.manifest.role, role.as_str());
     }
-    let topics = args.kafka.topics();
+    let topics = args.common.kafka.topics();
     let (input_topic, output_topic) = match role {
         Role::Model => (topics.model_queries.clone(), topics.predictions.clone()),
         Role::Parity => (topics.parity_queries.clone(), topics.parity_predictions.clone()),
     };
     let group = args.group_name(role);
-    let (consumer, rebalances) = args.kafka.consumer(&group)?;
+    let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
     let mut w = Worker {
         role,
@@ -74,7 +74,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         input_topic,
         output_topic,
         model,
-        producer: args.kafka.producer()?,
+        producer: args.common.kafka.producer()?,
         outbox: Outbox::new(),
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,

@@ -233,7 +233,7 @@ proptest! {
         let mut answered: HashMap<String, Emission> = HashMap::new();
         let mut seq = 0i64;
         let mut clock = 0u64;
-        let mut step = |j: &mut Join, now: u64, answered: &mut HashMap<String, Emission>| -> Result<(), TestCaseError> {
+        let step = |j: &mut Join, now: u64, answered: &mut HashMap<String, Emission>| -> Result<(), TestCaseError> {
             while let Some(t) = j.next_timeout() { if t > now { break; } j.handle_timeout(now); }
             while let Some(e) = j.poll_event() {
                 if let Event::Result(r) = e {
