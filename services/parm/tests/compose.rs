@@ -121,3 +121,34 @@ fn metric_names_are_found_in_promql() {
     assert_eq!(exported("parm_worker_batch_size_count"), Some("parm_worker_batch_size"));
     assert_eq!(exported("parm_worker_batch_size_total"), None);
 }
+
+#[test]
+fn dashboard_panels_are_laid_out_and_use_provisioned_data_sources() {
+    let d = dashboard();
+    assert_eq!(d["uid"], "parm", "docs and links name the dashboard by uid");
+    let panels = d["panels"].as_array().expect("panels");
+    // Data sources the provisioning file declares, by uid.
+    let ds_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/grafana/provisioning/datasources/datasources.yml");
+    let ds = std::fs::read_to_string(&ds_path).unwrap_or_else(|e| panic!("reading {}: {e}", ds_path.display()));
+    let uids: BTreeSet<&str> = ds.lines().filter_map(|l| l.trim().strip_prefix("uid:")).map(str::trim).collect();
+    assert!(uids.contains("prometheus"), "datasources.yml provisions Prometheus with uid prometheus: {uids:?}");
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for p in panels {
+        let title = p["title"].as_str().unwrap_or("?");
+        assert!(ids.insert(p["id"].as_i64().expect("panel id")), "duplicate panel id in '{title}'");
+        let uid = p["datasource"]["uid"].as_str().unwrap_or_else(|| panic!("panel '{title}' names no data source uid"));
+        assert!(uids.contains(uid), "panel '{title}' uses data source {uid}, not provisioned ({uids:?})");
+        for t in p["targets"].as_array().into_iter().flatten() {
+            assert!(t["refId"].is_string(), "a query of '{title}' has no refId");
+        }
+        let g = &p["gridPos"];
+        let (x, y, w, h) = (g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap(), g["w"].as_u64().unwrap(), g["h"].as_u64().unwrap());
+        assert!(w > 0 && h > 0 && x + w <= 24, "panel '{title}' does not fit Grafana's 24 columns: {g}");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(cells.insert((cx, cy)), "panel '{title}' overlaps another at column {cx}, row {cy}");
+            }
+        }
+    }
+}
