@@ -5,8 +5,6 @@ mod support;
 
 use parm_common::avro;
 use parm_common::records::{DeadLetter, Query, ResultSource, WireTensor};
-use rdkafka::consumer::Consumer;
-use rdkafka::Message;
 use std::collections::HashMap;
 use std::time::Duration;
 use support::{mnist, top1_of_f, Pipeline};
@@ -141,16 +139,7 @@ async fn bad_input_goes_to_dead_letters_and_everything_else_is_answered() {
     let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
     assert_eq!(results.len(), 10, "every good query is answered");
 
-    let (consumer, _) = p.kafka.consumer(&format!("{}-dlq-reader", p.kafka.topic_prefix)).unwrap();
-    consumer.subscribe(&[&p.kafka.topics().dead_letters]).unwrap();
-    let mut letters: HashMap<String, DeadLetter> = HashMap::new();
-    let until = std::time::Instant::now() + Duration::from_secs(30);
-    while letters.len() < bad.len() && std::time::Instant::now() < until {
-        if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-            let d: DeadLetter = avro::decode(m.payload().unwrap()).unwrap();
-            letters.insert(d.key.clone().unwrap_or_default(), d);
-        }
-    }
+    let letters = p.dead_letters(bad.len(), Duration::from_secs(30)).await;
     for (key, payload, reason) in &bad {
         let d = letters.get(*key).unwrap_or_else(|| panic!("no dead letter for {key}; got {:?}", letters.keys()));
         assert!(d.reason.contains(reason), "{key}: reason '{}' should mention '{reason}'", d.reason);
@@ -177,4 +166,26 @@ async fn an_encoder_killed_mid_stream_leaves_no_query_without_a_result() {
             assert_eq!(r.top1, Some(top1_of_f(&mnist().images[*idx])), "{id}");
         }
     }
+}
+
+/// Bad records inside the pipeline (a broken member query, a broken prediction) are dead
+/// letters of the worker and the decoder; the services go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_records_between_services_become_dead_letters_too() {
+    let p = Pipeline::start("badinner", 2, 1, |_| {}).await;
+    let t = p.kafka.topics();
+    let producer = p.kafka.producer().unwrap();
+    for (topic, key) in [(&t.model_queries, "bad-member"), (&t.predictions, "bad-prediction"), (&t.parity_predictions, "bad-parity")] {
+        let f = parm_common::kafka::send(&producer, topic, Some(0), key, &[1, 2, 3], rdkafka::message::OwnedHeaders::new()).await.unwrap();
+        parm_common::kafka::delivered(f, topic).await.unwrap();
+    }
+    let sent = p.send("ok", 0..10, 50.0, None).await;
+    let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
+    assert_eq!(results.len(), 10);
+
+    let by_key = p.dead_letters(3, Duration::from_secs(30)).await;
+    let service_of = |k: &str| by_key.get(k).map(|d| (d.service.as_str(), d.reason.contains("undecodable")));
+    assert_eq!(service_of("bad-member"), Some(("model-worker", true)), "{by_key:?}");
+    assert_eq!(service_of("bad-prediction"), Some(("decoder", true)), "{by_key:?}");
+    assert_eq!(service_of("bad-parity"), Some(("decoder", true)), "{by_key:?}");
 }

@@ -10,6 +10,9 @@ use parm::mnist::Mnist;
 use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
 use parm_common::model::{resolve, Model};
 use parm_common::now_ms;
+use parm_common::records::DeadLetter;
+use rdkafka::consumer::Consumer;
+use rdkafka::Message;
 use parm_core::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -105,5 +108,20 @@ impl Pipeline {
         let missing: Vec<_> = expected.iter().filter(|id| !by_id.contains_key(*id)).collect();
         assert!(missing.is_empty(), "{} queries got no result, e.g. {:?} (logs in {})", missing.len(), missing.iter().take(5).collect::<Vec<_>>(), self.deployment.spec.log_dir.display());
         (by_id, duplicates)
+    }
+
+    /// Reads dead letters until `n` distinct keys are in (or the timeout), by record key.
+    pub async fn dead_letters(&self, n: usize, timeout: Duration) -> HashMap<String, DeadLetter> {
+        let (consumer, _) = self.kafka.consumer(&format!("{}-dlq-reader", self.kafka.topic_prefix)).unwrap();
+        consumer.subscribe(&[&self.kafka.topics().dead_letters]).unwrap();
+        let mut letters = HashMap::new();
+        let until = std::time::Instant::now() + timeout;
+        while letters.len() < n && std::time::Instant::now() < until {
+            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+                let d: DeadLetter = parm_common::avro::decode(m.payload().unwrap_or_default()).expect("a dead letter");
+                letters.insert(d.key.clone().unwrap_or_default(), d);
+            }
+        }
+        letters
     }
 }
