@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use parm_common::avro::{decode, encode};
 use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityPrediction, ParityQuery, Prediction, Query, QueryResult, ResultSource, WireTensor};
 use parm_core::grouping::{group_partition, member_partition, GroupBuilder};
-use parm_core::join::{Event, GroupSpec, MemberSpec};
+use parm_core::join::{Arrival, Event, GroupSpec, MemberSpec};
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, JoinConfig, ParityEncoder, Tensor};
 
@@ -28,7 +28,7 @@ fn encoder_group(builder: &mut GroupBuilder<(Query, Tensor)>, inputs: &[Vec<u8>]
         let q: Query = decode(raw).unwrap();
         let t = q.tensor.to_tensor().unwrap();
         t.expect_shape(&[1, 28, 28]).unwrap();
-        if let Some(g) = builder.push(0, first_offset + i as i64, (q, t), 0) {
+        if let (_, Some(g)) = builder.push(0, first_offset + i as i64, (q, t), 0) {
             let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.1).collect();
             let parity = ParityEncoder::Addition.encode(K, &tensors).unwrap();
             let dp = group_partition(&g.id, 2);
@@ -85,10 +85,25 @@ fn decoder_inputs(n: usize, with_member_1: bool) -> (Vec<u8>, Vec<Vec<u8>>, Vec<
     let preds = (0..K)
         .filter(|j| with_member_1 || *j != 1)
         .map(|j| {
-            encode(&Prediction { query_id: format!("q-{n}-{j}"), group_id: gid.clone(), index: j as i32, output: vec![0.1 * j as f32; 10], worker: "w".into(), batch_size: 1, inference_us: 50, finished_at_ms: 3, hard_deadline_at_ms: 2_000 }).unwrap()
+            encode(&Prediction {
+                query_id: format!("q-{n}-{j}"),
+                group_id: gid.clone(),
+                index: j as i32,
+                model_partition: j as i32,
+                sent_at_ms: 1,
+                received_at_ms: 2,
+                deadline_at_ms: 1_000,
+                output: vec![0.1 * j as f32; 10],
+                worker: "w".into(),
+                batch_size: 1,
+                inference_us: 50,
+                finished_at_ms: 3,
+                hard_deadline_at_ms: 2_000,
+            })
+            .unwrap()
         })
         .collect();
-    let parity = encode(&ParityPrediction { group_id: gid, output: vec![0.3; 10], worker: "p".into(), batch_size: 1, inference_us: 50, finished_at_ms: 3, hard_deadline_at_ms: 2_000 }).unwrap();
+    let parity = encode(&ParityPrediction { group_id: gid, members: K as i32, output: vec![0.3; 10], worker: "p".into(), batch_size: 1, inference_us: 50, finished_at_ms: 3, hard_deadline_at_ms: 2_000 }).unwrap();
     (manifest, preds, parity)
 }
 
@@ -104,10 +119,19 @@ fn decoder_group(join: &mut Join<(i64, i64)>, manifest: &[u8], preds: &[Vec<u8>]
     join.on_manifest(spec, Origin { topic: 0, partition: 0, offset: seq }, 10);
     for (i, raw) in preds.iter().enumerate() {
         let p: Prediction = decode(raw).unwrap();
-        join.on_prediction(&p.group_id, p.index as u32, p.output, p.hard_deadline_at_ms as u64, Origin { topic: 1, partition: 0, offset: seq * 2 + i as i64 }, 11);
+        let arrival = Arrival {
+            query_id: p.query_id,
+            index: p.index as u32,
+            model_partition: p.model_partition,
+            output: p.output,
+            deadline_at: p.deadline_at_ms as u64,
+            hard_deadline_at: p.hard_deadline_at_ms as u64,
+            meta: (p.sent_at_ms, p.received_at_ms),
+        };
+        join.on_prediction(&p.group_id, arrival, Origin { topic: 1, partition: 0, offset: seq * 2 + i as i64 }, 11);
     }
     let pp: ParityPrediction = decode(parity).unwrap();
-    join.on_parity(&pp.group_id, pp.output, pp.hard_deadline_at_ms as u64, Origin { topic: 2, partition: 0, offset: seq }, 12);
+    join.on_parity(&pp.group_id, pp.members as u32, pp.output, pp.hard_deadline_at_ms as u64, Origin { topic: 2, partition: 0, offset: seq }, 12);
     join.handle_timeout(1_000);
     let mut bytes = 0;
     while let Some(e) = join.poll_event() {

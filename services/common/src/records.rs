@@ -89,6 +89,10 @@ pub struct Prediction {
     pub query_id: String,
     pub group_id: String,
     pub index: i32,
+    pub model_partition: i32,
+    pub sent_at_ms: i64,
+    pub received_at_ms: i64,
+    pub deadline_at_ms: i64,
     pub output: Vec<f32>,
     pub worker: String,
     pub batch_size: i32,
@@ -101,6 +105,7 @@ pub struct Prediction {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ParityPrediction {
     pub group_id: String,
+    pub members: i32,
     pub output: Vec<f32>,
     pub worker: String,
     pub batch_size: i32,

@@ -1,11 +1,13 @@
 //! The encoder's side of coding: which queries form a group, and where each part goes.
 //!
 //! Queries are grouped per input partition, in offset order: a group closes when it has
-//! `k` members or when its oldest member has waited `linger_ms`. A group's id is derived
-//! from its input partition and its first and last offsets, so a replay of the same offsets
-//! with the same timing rebuilds the same groups. A group closed early by the linger can
-//! come out differently on replay (only for queries that were in flight); it then gets a
-//! different id, so the decoder never mixes the parts of two different groupings.
+//! `k` members or when its oldest member has waited `linger_ms`. Each query learns its
+//! group and position the moment it arrives ([`Slot`]), so the encoder sends it to its
+//! model worker at once and only the parity query and the manifest wait for the group to
+//! close. A group's id is its input partition and first offset, so a replay of the same
+//! offsets with the same timing rebuilds the same groups; a group closed early by the
+//! linger can come out with other members on replay (only for queries that were in
+//! flight), which the decoder's join tolerates (see `join`).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +16,14 @@ use std::collections::BTreeMap;
 pub struct Pending<Q> {
     pub offset: i64,
     pub query: Q,
+}
+
+/// Where a query landed: its group and its position in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub group_id: String,
+    pub first_offset: i64,
+    pub index: usize,
 }
 
 /// A closed coding group, ready to be encoded and sent.
@@ -46,17 +56,24 @@ impl<Q> GroupBuilder<Q> {
         Self { k, linger_ms, open: BTreeMap::new() }
     }
 
-    /// Adds a query; returns the group it completed, if any.
-    pub fn push(&mut self, input_partition: i32, offset: i64, query: Q, now: u64) -> Option<ClosedGroup<Q>> {
+    /// Adds a query; returns where it landed and the group it completed, if any.
+    pub fn push(&mut self, input_partition: i32, offset: i64, query: Q, now: u64) -> (Slot, Option<ClosedGroup<Q>>) {
         let group = self
             .open
             .entry(input_partition)
             .or_insert_with(|| OpenGroup { opened_at: now, members: Vec::with_capacity(self.k) });
+        let first_offset = group.members.first().map_or(offset, |m| m.offset);
+        let slot = Slot { group_id: group_id(input_partition, first_offset), first_offset, index: group.members.len() };
         group.members.push(Pending { offset, query });
-        if group.members.len() >= self.k {
-            self.close(input_partition)
-        } else {
-            None
+        let closed = if group.members.len() >= self.k { self.close(input_partition) } else { None };
+        (slot, closed)
+    }
+
+    /// Where the next query of `input_partition` would land, without adding it.
+    pub fn peek_slot(&self, input_partition: i32, offset: i64) -> Slot {
+        match self.open.get(&input_partition).and_then(|g| g.members.first().map(|m| (m.offset, g.members.len()))) {
+            Some((first_offset, len)) => Slot { group_id: group_id(input_partition, first_offset), first_offset, index: len },
+            None => Slot { group_id: group_id(input_partition, offset), first_offset: offset, index: 0 },
         }
     }
 
@@ -91,9 +108,8 @@ impl<Q> GroupBuilder<Q> {
     fn close(&mut self, input_partition: i32) -> Option<ClosedGroup<Q>> {
         let group = self.open.remove(&input_partition)?;
         let first_offset = group.members.first()?.offset;
-        let last_offset = group.members.last()?.offset;
         Some(ClosedGroup {
-            id: group_id(input_partition, first_offset, last_offset),
+            id: group_id(input_partition, first_offset),
             input_partition,
             first_offset,
             members: group.members,
@@ -101,9 +117,9 @@ impl<Q> GroupBuilder<Q> {
     }
 }
 
-/// The deterministic id of the group of offsets `first..=last` of `input_partition`.
-pub fn group_id(input_partition: i32, first_offset: i64, last_offset: i64) -> String {
-    format!("p{input_partition}-o{first_offset}-{last_offset}")
+/// The deterministic id of the group that starts at `first_offset` of `input_partition`.
+pub fn group_id(input_partition: i32, first_offset: i64) -> String {
+    format!("p{input_partition}-o{first_offset}")
 }
 
 /// The model-queries partition of member `index` of a group: consecutive partitions
@@ -132,11 +148,16 @@ mod tests {
     #[test]
     fn closes_at_k_and_on_linger() {
         let mut b = GroupBuilder::new(2, 10);
-        assert!(b.push(0, 5, "a", 100).is_none());
-        let g = b.push(0, 6, "b", 101).unwrap();
-        assert_eq!(g.id, "p0-o5-6");
+        let (slot, closed) = b.push(0, 5, "a", 100);
+        assert_eq!(slot, Slot { group_id: "p0-o5".into(), first_offset: 5, index: 0 });
+        assert!(closed.is_none());
+        assert_eq!(b.peek_slot(0, 6).index, 1);
+        let (slot, closed) = b.push(0, 6, "b", 101);
+        assert_eq!((slot.group_id.as_str(), slot.index), ("p0-o5", 1));
+        let g = closed.unwrap();
+        assert_eq!(g.id, "p0-o5");
         assert_eq!(g.members.len(), 2);
-        assert!(b.push(1, 0, "c", 200).is_none());
+        assert!(b.push(1, 0, "c", 200).1.is_none());
         assert_eq!(b.next_deadline(), Some(210));
         assert!(b.poll_expired(209).is_empty());
         let lone = b.poll_expired(210);
@@ -146,18 +167,20 @@ mod tests {
     }
 
     #[test]
-    fn a_different_grouping_on_replay_gets_different_ids() {
-        // First run: the linger closed {5} alone, then {6, 7}.
+    fn a_replay_keeps_each_query_at_the_same_place() {
+        // First run: the linger closed {5} alone, then {6, 7}. Replay: 5 and 6 together.
+        // Group ids may then name different member sets, but a (group, index) pair always
+        // names the same input offset: first offset + index.
         let mut first = GroupBuilder::new(2, 10);
         first.push(0, 5, (), 0);
-        let a = first.poll_expired(10).remove(0).id;
-        first.push(0, 6, (), 11);
-        let b = first.push(0, 7, (), 12).unwrap().id;
-        // Replay: 5 and 6 arrive together.
+        assert_eq!(first.poll_expired(10)[0].id, "p0-o5");
+        let (s6, _) = first.push(0, 6, (), 11);
         let mut replay = GroupBuilder::new(2, 10);
         replay.push(0, 5, (), 100);
-        let c = replay.push(0, 6, (), 100).unwrap().id;
-        assert_eq!((a.as_str(), b.as_str(), c.as_str()), ("p0-o5-5", "p0-o6-7", "p0-o5-6"));
+        let (r6, _) = replay.push(0, 6, (), 100);
+        assert_eq!((s6.first_offset + s6.index as i64), 6);
+        assert_eq!((r6.first_offset + r6.index as i64), 6);
+        assert_ne!(s6.group_id, r6.group_id);
     }
 
     #[test]

@@ -7,14 +7,20 @@
 //! with [`Join::poll_event`]. Time is always an argument (milliseconds since the epoch).
 //!
 //! Decisions made on arrival never depend on the clock: a real prediction is answered at
-//! once, and under [`Policy::Eager`] a reconstruction is answered as soon as it is
-//! possible. Every decision that waits for a deadline happens in `handle_timeout`, so a
+//! once (even before its group's manifest: the encoder sends members as they come and the
+//! manifest when the group closes), and under [`Policy::Eager`] a reconstruction is
+//! answered as soon as it is possible. Every decision that waits for a deadline happens in `handle_timeout`, so a
 //! restarted decoder can replay its inputs first and only then let time act.
 //!
 //! Memory is bounded: a group is dropped once every member is answered and every
 //! prediction is in, or at its last hard deadline plus `late_linger_ms`; predictions that
 //! arrive before their manifest wait at most until their own hard deadline plus that
 //! linger.
+//!
+//! A group id names the group's first input offset. An encoder that crashed and replayed
+//! may close the same group with other members; a manifest that disagrees with the one
+//! already seen adds its new members, and the group is then never reconstructed (its
+//! parity may encode either version): its queries get real predictions or `Unavailable`.
 
 use crate::decode::reconstruct;
 use crate::offsets::{OffsetTracker, Origin};
@@ -84,6 +90,18 @@ pub struct MemberSpec<M = ()> {
     pub meta: M,
 }
 
+/// A real prediction, with what the join needs to answer it even before the manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival<M = ()> {
+    pub query_id: String,
+    pub index: u32,
+    pub model_partition: i32,
+    pub output: Vec<f32>,
+    pub deadline_at: u64,
+    pub hard_deadline_at: u64,
+    pub meta: M,
+}
+
 /// A coding group: its id and members. Every group has one parity query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec<M = ()> {
@@ -147,20 +165,34 @@ struct Member<M> {
 struct Group<M> {
     members: Vec<Member<M>>,
     parity: Option<Vec<f32>>,
+    /// Two manifests disagreed (an encoder replay regrouped): never reconstruct.
+    conflicted: bool,
 }
 
-/// Predictions that arrived before their manifest.
-#[derive(Debug, Default)]
+/// Predictions that arrived before their manifest; the real ones are already answered.
+#[derive(Debug)]
 struct Waiting {
     outputs: Vec<(u32, Vec<f32>)>,
-    parity: Option<Vec<f32>>,
+    /// Indexes already answered from their own prediction.
+    answered: Vec<u32>,
+    /// The parity output with the number of members it encodes.
+    parity: Option<(u32, Vec<f32>)>,
     expires_at: u64,
+}
+
+impl Waiting {
+    fn new(expires_at: u64) -> Self {
+        Self { outputs: Vec::new(), answered: Vec::new(), parity: None, expires_at }
+    }
 }
 
 #[derive(Debug)]
 enum State<M> {
     Open(Group<M>),
     Waiting(Waiting),
+    /// Finished early (everything answered and in); remembered until its last hard
+    /// deadline plus the late linger so that a replayed duplicate is not answered again.
+    Done { until: u64 },
 }
 
 #[derive(Debug)]
@@ -200,9 +232,22 @@ impl<M: Clone> Join<M> {
     /// A group's manifest arrived.
     pub fn on_manifest(&mut self, spec: GroupSpec<M>, origin: Origin, now: u64) {
         match self.entries.get_mut(&spec.group_id) {
-            Some(Entry { state: State::Open(_), .. }) => {
-                self.offsets.observe(origin); // a replayed duplicate
+            Some(Entry { state: State::Done { .. }, .. }) => {
+                self.offsets.observe(origin);
                 return;
+            }
+            Some(Entry { state: State::Open(g), origins, .. }) => {
+                let known: HashSet<u32> = g.members.iter().map(|m| m.spec.index).collect();
+                let same = spec.members.len() == g.members.len() && spec.members.iter().all(|m| known.contains(&m.index));
+                if same {
+                    self.offsets.observe(origin); // a replayed duplicate
+                    return;
+                }
+                g.conflicted = true;
+                for m in spec.members.iter().filter(|m| !known.contains(&m.index)) {
+                    g.members.push(Member { spec: m.clone(), output: None, answered: None });
+                }
+                origins.push(origin);
             }
             Some(entry) => {
                 let State::Waiting(w) = std::mem::replace(&mut entry.state, State::Open(new_group(&spec))) else {
@@ -210,10 +255,14 @@ impl<M: Clone> Join<M> {
                 };
                 entry.origins.push(origin);
                 if let State::Open(g) = &mut entry.state {
-                    g.parity = w.parity;
+                    g.parity = w.parity.filter(|(n, _)| *n as usize == g.members.len()).map(|(_, out)| out);
                     for (index, out) in w.outputs {
                         if let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) {
-                            m.output.get_or_insert(out);
+                            if w.answered.contains(&index) {
+                                // Answered on arrival, before the manifest.
+                                m.answered = Some((Source::Model, top1(&out)));
+                            }
+                            m.output = Some(out);
                         }
                     }
                 }
@@ -227,26 +276,51 @@ impl<M: Clone> Join<M> {
         self.advance(&spec.group_id, now, false);
     }
 
-    /// A real prediction for member `index` of a group arrived. `hard_deadline_at` bounds
-    /// how long it may wait for its manifest.
-    pub fn on_prediction(&mut self, group_id: &str, index: u32, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
+    /// A real prediction arrived. It is answered at once if its query has no answer yet,
+    /// with or without the group's manifest.
+    pub fn on_prediction(&mut self, group_id: &str, p: Arrival<M>, origin: Origin, now: u64) {
         let late_linger = self.config.late_linger_ms;
-        let entry = self.entries.entry(group_id.to_string()).or_insert_with(|| Entry {
-            state: State::Waiting(Waiting { expires_at: hard_deadline_at + late_linger, ..Waiting::default() }),
-            origins: Vec::new(),
-            timer: None,
-        });
+        let entry = self
+            .entries
+            .entry(group_id.to_string())
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(p.hard_deadline_at + late_linger)), origins: Vec::new(), timer: None });
+        if now < p.deadline_at {
+            self.lagging.remove(&p.model_partition);
+        }
         match &mut entry.state {
-            State::Waiting(w) => {
-                if w.outputs.iter().any(|(i, _)| *i == index) {
+            State::Done { .. } => {
+                self.offsets.observe(origin); // a replayed duplicate of a finished group
+                return;
+            }
+            State::Waiting(w) if now >= p.hard_deadline_at => {
+                // Too late to answer on its own: its query was answered at its hard
+                // deadline, or will be by the manifest it waits for.
+                if w.outputs.iter().any(|(i, _)| *i == p.index) {
                     self.offsets.observe(origin);
                     return;
                 }
-                w.outputs.push((index, output));
-                w.expires_at = w.expires_at.max(hard_deadline_at + late_linger);
+                w.outputs.push((p.index, p.output));
+            }
+            State::Waiting(w) => {
+                if w.outputs.iter().any(|(i, _)| *i == p.index) {
+                    self.offsets.observe(origin); // a duplicate
+                    return;
+                }
+                w.answered.push(p.index);
+                self.events.push_back(Event::Result(Emission {
+                    group_id: group_id.to_string(),
+                    query_id: p.query_id,
+                    index: p.index,
+                    source: Source::Model,
+                    output: p.output.clone(),
+                    at: now,
+                    meta: p.meta,
+                }));
+                w.outputs.push((p.index, p.output));
+                w.expires_at = w.expires_at.max(p.hard_deadline_at + late_linger);
             }
             State::Open(g) => {
-                let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) else {
+                let Some(m) = g.members.iter_mut().find(|m| m.spec.index == p.index) else {
                     self.offsets.observe(origin); // not a member of this group: ignore
                     return;
                 };
@@ -254,11 +328,8 @@ impl<M: Clone> Join<M> {
                     self.offsets.observe(origin); // a duplicate
                     return;
                 }
-                if now < m.spec.deadline_at {
-                    self.lagging.remove(&m.spec.model_partition);
-                }
                 if let Some((source, recon_top1)) = m.answered {
-                    let agreed = (source == Source::Reconstructed).then(|| top1(&output) == recon_top1);
+                    let agreed = (source == Source::Reconstructed).then(|| top1(&p.output) == recon_top1);
                     self.events.push_back(Event::Late {
                         group_id: group_id.to_string(),
                         query_id: m.spec.query_id.clone(),
@@ -266,7 +337,7 @@ impl<M: Clone> Join<M> {
                         late_by_ms: now.saturating_sub(m.spec.deadline_at),
                     });
                 }
-                m.output = Some(output);
+                m.output = Some(p.output);
             }
         }
         entry.origins.push(origin);
@@ -274,23 +345,26 @@ impl<M: Clone> Join<M> {
         self.advance(group_id, now, false);
     }
 
-    /// A group's parity prediction arrived.
-    pub fn on_parity(&mut self, group_id: &str, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
+    /// A group's parity prediction arrived; `members` is how many queries it encodes.
+    pub fn on_parity(&mut self, group_id: &str, members: u32, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
         let late_linger = self.config.late_linger_ms;
-        let entry = self.entries.entry(group_id.to_string()).or_insert_with(|| Entry {
-            state: State::Waiting(Waiting { expires_at: hard_deadline_at + late_linger, ..Waiting::default() }),
-            origins: Vec::new(),
-            timer: None,
-        });
-        let slot = match &mut entry.state {
-            State::Waiting(w) => &mut w.parity,
-            State::Open(g) => &mut g.parity,
-        };
-        if slot.is_some() {
-            self.offsets.observe(origin);
-            return;
+        let entry = self
+            .entries
+            .entry(group_id.to_string())
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at + late_linger)), origins: Vec::new(), timer: None });
+        match &mut entry.state {
+            State::Waiting(w) if w.parity.is_none() => w.parity = Some((members, output)),
+            State::Done { .. } => {
+                self.offsets.observe(origin);
+                return;
+            }
+            // Only a parity of this very grouping can decode it.
+            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && !g.conflicted => g.parity = Some(output),
+            _ => {
+                self.offsets.observe(origin);
+                return;
+            }
         }
-        *slot = Some(output);
         entry.origins.push(origin);
         self.offsets.hold(origin);
         self.advance(group_id, now, false);
@@ -330,9 +404,15 @@ impl<M: Clone> Join<M> {
         self.offsets.all_committable()
     }
 
-    /// Number of groups (open or waiting for a manifest) held in memory.
+    /// Number of groups held in memory: open, waiting for a manifest, or finished and
+    /// remembered to recognize replayed duplicates.
     pub fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Number of groups still open or waiting for a manifest.
+    pub fn open_groups(&self) -> usize {
+        self.entries.values().filter(|e| !matches!(e.state, State::Done { .. })).count()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -356,15 +436,39 @@ impl<M: Clone> Join<M> {
                 if timed && now >= w.expires_at {
                     let inputs = w.outputs.len() + usize::from(w.parity.is_some());
                     self.events.push_back(Event::Expired { group_id: id.to_string(), inputs });
-                    None
+                    if w.answered.is_empty() {
+                        None
+                    } else {
+                        // Some queries were answered: a straggling manifest must not
+                        // answer them again.
+                        let until = now + self.config.late_linger_ms;
+                        entry.state = State::Done { until };
+                        for o in entry.origins.drain(..) {
+                            self.offsets.release(o);
+                        }
+                        Some(until)
+                    }
                 } else {
                     Some(w.expires_at)
                 }
             }
             State::Open(g) => {
                 decide(g, id, &self.config, &self.lagging, now, timed, &mut self.events, &mut newly_lagging);
-                next_wakeup(g, &self.config, &self.lagging, now)
+                match next_wakeup(g, &self.config, &self.lagging, now) {
+                    Some(t) => Some(t),
+                    None => {
+                        let until = drop_at(g, &self.config, now);
+                        (now < until).then(|| {
+                            entry.state = State::Done { until };
+                            for o in entry.origins.drain(..) {
+                                self.offsets.release(o);
+                            }
+                            until
+                        })
+                    }
+                }
             }
+            State::Done { until } => (now < *until).then_some(*until),
         };
         match next {
             Some(t) => self.set_timer(id, t),
@@ -385,7 +489,7 @@ impl<M: Clone> Join<M> {
             .iter()
             .filter(|(_, e)| match &e.state {
                 State::Open(g) => g.members.iter().any(|m| m.answered.is_none() && m.spec.model_partition == partition),
-                State::Waiting(_) => false,
+                State::Waiting(_) | State::Done { .. } => false,
             })
             .map(|(id, _)| id.clone())
             .collect();
@@ -421,6 +525,7 @@ fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
     Group {
         members: spec.members.iter().map(|s| Member { spec: s.clone(), output: None, answered: None }).collect(),
         parity: None,
+        conflicted: false,
     }
 }
 
@@ -474,6 +579,9 @@ fn decide<M: Clone>(
 
 /// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
 fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
+    if g.conflicted {
+        return None;
+    }
     let parity = g.parity.as_ref()?;
     let mut others = Vec::with_capacity(g.members.len().saturating_sub(1));
     for (i, m) in g.members.iter().enumerate() {
@@ -484,11 +592,16 @@ fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
     reconstruct(parity, others)
 }
 
-/// When the group next needs attention, or `None` when it can be dropped now.
+/// The last moment a group's inputs can still matter: its last hard deadline plus the
+/// late linger.
+fn drop_at<M>(g: &Group<M>, config: &JoinConfig, now: u64) -> u64 {
+    g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now) + config.late_linger_ms
+}
+
+/// When the group next needs attention, or `None` when it is finished.
 fn next_wakeup<M>(g: &Group<M>, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
-    let last_hard = g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now);
-    let drop_at = last_hard + config.late_linger_ms;
-    let everything_in = g.parity.is_some() && g.members.iter().all(|m| m.output.is_some());
+    let drop_at = drop_at(g, config, now);
+    let everything_in = (g.parity.is_some() || g.conflicted) && g.members.iter().all(|m| m.output.is_some());
     let all_answered = g.members.iter().all(|m| m.answered.is_some());
     if all_answered && (everything_in || now >= drop_at) {
         return None;

@@ -12,7 +12,7 @@ use parm_common::records::{GroupManifest, ParityPrediction, Prediction, QueryRes
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::{avro, dead_letter, now_ms};
-use parm_core::join::{Event, GroupSpec, MemberSpec};
+use parm_core::join::{Arrival, Event, GroupSpec, MemberSpec};
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, Source};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -199,7 +199,23 @@ impl Decoder {
         check_output(&p.output).map_err(|r| (Some(p.query_id.clone()), r))?;
         let hard = p.hard_deadline_at_ms.max(0) as u64;
         self.links.add(&p.group_id, p.index, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
-        self.join.on_prediction(&p.group_id, p.index.max(0) as u32, p.output, hard, origin, now);
+        let arrival = Arrival {
+            query_id: p.query_id,
+            index: p.index.max(0) as u32,
+            model_partition: p.model_partition,
+            output: p.output,
+            deadline_at: p.deadline_at_ms.max(0) as u64,
+            hard_deadline_at: hard,
+            // Used when the prediction is answered before its manifest arrives: the
+            // result then joins the query's trace through the prediction's own span.
+            meta: QueryMeta {
+                sent_at_ms: p.sent_at_ms,
+                received_at_ms: p.received_at_ms,
+                deadline_at_ms: p.deadline_at_ms,
+                traceparent: telemetry::traceparent(cx),
+            },
+        };
+        self.join.on_prediction(&p.group_id, arrival, origin, now);
         Ok(())
     }
 
@@ -208,7 +224,7 @@ impl Decoder {
         check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
         let hard = p.hard_deadline_at_ms.max(0) as u64;
         self.links.add(&p.group_id, -1, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
-        self.join.on_parity(&p.group_id, p.output, hard, origin, now);
+        self.join.on_parity(&p.group_id, p.members.max(0) as u32, p.output, hard, origin, now);
         Ok(())
     }
 
@@ -264,7 +280,7 @@ impl Decoder {
         if !sends.is_empty() {
             self.outbox.push(vec![], sends);
         }
-        metrics::gauge!(names::DECODER_OPEN_GROUPS).set(self.join.len() as f64);
+        metrics::gauge!(names::DECODER_OPEN_GROUPS).set(self.join.open_groups() as f64);
         metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(self.join.lagging_partitions().len() as f64);
         self.links.expire(now_ms());
         Ok(())

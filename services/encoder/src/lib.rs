@@ -1,11 +1,12 @@
 //! # parm-encoder: forms coding groups and writes their parts
 //!
 //! Reads client queries from `parm.queries`, groups every k of them (or fewer after a
-//! linger) with `parm_core::grouping`, and for each group writes:
-//! - each member to `parm.model-queries`, on consecutive partitions so that the members
-//!   of a group reach different model workers;
-//! - the parity query P = E(X1..Xk) to `parm.parity-queries`;
-//! - the group manifest to `parm.groups`, so the decoder knows every query and deadline
+//! linger) with `parm_core::grouping`, and writes:
+//! - each query to `parm.model-queries` the moment it arrives (the linger never delays a
+//!   real prediction), on consecutive partitions so that the members of a group reach
+//!   different model workers;
+//! - when the group closes, the parity query P = E(X1..Xk) to `parm.parity-queries` and
+//!   the group manifest to `parm.groups`, so the decoder knows every query and deadline
 //!   even if no prediction ever arrives.
 //!
 //! An input offset is committed only once all of its group's records are acknowledged.

@@ -14,19 +14,23 @@ use parm_core::offsets::{OffsetTracker, Origin};
 use parm_core::Tensor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use std::time::Duration;
 
 const SERVICE: &str = "encoder";
 
-/// A query that passed validation, waiting in an open group.
+/// A query that passed validation and was sent to its model worker, waiting in an open
+/// group for its parity query and manifest.
 struct Accepted {
-    query: Query,
     tensor: Tensor,
-    received_at: u64,
     origin: Origin,
     /// The `process` span of the query's consumption.
     cx: Context,
+    /// The query as the manifest will describe it.
+    member: GroupMember,
+    /// The acknowledgement of its member query; the input offset is released only once
+    /// this and the group's parity query and manifest are written.
+    delivery: DeliveryFuture,
 }
 
 struct Encoder {
@@ -135,8 +139,8 @@ impl Encoder {
         match self.validate(msg.payload().unwrap_or_default()) {
             Ok((query, tensor)) => {
                 metrics::counter!(names::ENCODER_QUERIES).increment(1);
-                let accepted = Accepted { query, tensor, received_at, origin, cx };
-                if let Some(g) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
+                let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, received_at, origin, cx).await?;
+                if let (_, Some(g)) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
                     self.send_group(g).await?;
                 }
             }
@@ -166,68 +170,71 @@ impl Encoder {
         Ok((query, tensor))
     }
 
+    /// Sends a query to its model worker at once, in the group it lands in.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_member(
+        &mut self,
+        partition: i32,
+        offset: i64,
+        query: Query,
+        tensor: Tensor,
+        received_at: u64,
+        origin: Origin,
+        cx: Context,
+    ) -> anyhow::Result<Accepted> {
+        let slot = self.builder.peek_slot(partition, offset);
+        let budget = query.deadline_ms.map_or(self.args.deadline_ms, |d| d as u64);
+        let deadline_at = (received_at + budget) as i64;
+        let hard_deadline_at = (received_at + self.args.hard_deadline_ms.max(budget)) as i64;
+        let model_partition = member_partition(slot.first_offset, slot.index, self.model_partitions);
+        let send_cx = telemetry::send_span(SERVICE, &self.topics.model_queries, Some(model_partition), &query.id, &cx, vec![]);
+        let record = MemberQuery {
+            query_id: query.id.clone(),
+            group_id: slot.group_id.clone(),
+            index: slot.index as i32,
+            tensor: query.tensor,
+            decoder_partition: group_partition(&slot.group_id, self.decoder_partitions),
+            sent_at_ms: query.sent_at_ms,
+            received_at_ms: received_at as i64,
+            deadline_at_ms: deadline_at,
+            hard_deadline_at_ms: hard_deadline_at,
+        };
+        let delivery = kafka::send(&self.producer, &self.topics.model_queries, Some(model_partition), &record.query_id, &avro::encode(&record)?, telemetry::inject(&send_cx)).await?;
+        let member = GroupMember {
+            query_id: record.query_id,
+            index: record.index,
+            model_partition,
+            sent_at_ms: record.sent_at_ms,
+            received_at_ms: record.received_at_ms,
+            deadline_at_ms: deadline_at,
+            hard_deadline_at_ms: hard_deadline_at,
+            traceparent: telemetry::traceparent(&send_cx),
+        };
+        Ok(Accepted { tensor, origin, cx, member, delivery })
+    }
+
+    /// Sends a closed group's parity query and manifest.
     async fn send_group(&mut self, g: ClosedGroup<Accepted>) -> anyhow::Result<()> {
         let now = now_ms();
         let decoder_partition = group_partition(&g.id, self.decoder_partitions);
         let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
         let parity_input = self.plan.encoder.encode(self.plan.k, &tensors)?;
-        let mut sends = Vec::with_capacity(g.members.len() + 2);
-        let mut manifest_members = Vec::with_capacity(g.members.len());
-        let mut member_queries = Vec::with_capacity(g.members.len());
-        for (i, pending) in g.members.iter().enumerate() {
-            let m = &pending.query;
-            let budget = m.query.deadline_ms.map_or(self.args.deadline_ms, |d| d as u64);
-            let deadline_at = m.received_at + budget;
-            let hard_deadline_at = m.received_at + self.args.hard_deadline_ms.max(budget);
-            let model_partition = member_partition(g.first_offset, i, self.model_partitions);
-            let cx = telemetry::send_span(SERVICE, &self.topics.model_queries, Some(model_partition), &m.query.id, &m.cx, vec![]);
-            manifest_members.push(GroupMember {
-                query_id: m.query.id.clone(),
-                index: i as i32,
-                model_partition,
-                sent_at_ms: m.query.sent_at_ms,
-                received_at_ms: m.received_at as i64,
-                deadline_at_ms: deadline_at as i64,
-                hard_deadline_at_ms: hard_deadline_at as i64,
-                traceparent: telemetry::traceparent(&cx),
-            });
-            let record = MemberQuery {
-                query_id: m.query.id.clone(),
-                group_id: g.id.clone(),
-                index: i as i32,
-                tensor: WireTensor::from_tensor(&m.tensor),
-                decoder_partition,
-                sent_at_ms: m.query.sent_at_ms,
-                received_at_ms: m.received_at as i64,
-                deadline_at_ms: deadline_at as i64,
-                hard_deadline_at_ms: hard_deadline_at as i64,
-            };
-            member_queries.push((model_partition, record, cx));
+        let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
+        let members = g.members.len();
+        let mut origins = Vec::with_capacity(members);
+        let mut manifest_members = Vec::with_capacity(members);
+        let mut sends = Vec::with_capacity(members + 2);
+        for pending in g.members {
+            let a = pending.query;
+            origins.push(a.origin);
+            manifest_members.push(a.member);
+            sends.push((a.delivery, self.topics.model_queries.clone()));
         }
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
-        let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
-
-        // The manifest goes first so that the decoder usually knows the group before any
-        // prediction of it arrives.
-        let manifest = GroupManifest {
-            group_id: g.id.clone(),
-            k: self.plan.k as i32,
-            encoder: self.plan.encoder.to_string(),
-            created_at_ms: now as i64,
-            members: manifest_members,
-        };
-        let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links.clone());
-        let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;
-        sends.push((f, self.topics.groups.clone()));
-
-        for (partition, record, cx) in &member_queries {
-            let f = kafka::send(&self.producer, &self.topics.model_queries, Some(*partition), &record.query_id, &avro::encode(record)?, telemetry::inject(cx)).await?;
-            sends.push((f, self.topics.model_queries.clone()));
-        }
 
         let parity = ParityQuery {
             group_id: g.id.clone(),
-            members: g.members.len() as i32,
+            members: members as i32,
             k: self.plan.k as i32,
             encoder: self.plan.encoder.to_string(),
             tensor: WireTensor::from_tensor(&parity_input),
@@ -236,14 +243,24 @@ impl Encoder {
         };
         let parity_partition = group_partition(&g.id, self.parity_partitions);
         // The parity query starts a trace of its own, linked to every member it encodes.
-        let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links);
+        let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
         let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &avro::encode(&parity)?, telemetry::inject(&cx)).await?;
         sends.push((f, self.topics.parity_queries.clone()));
 
-        let kind = if g.members.len() == self.plan.k { "full" } else { "partial" };
+        let manifest = GroupManifest {
+            group_id: g.id.clone(),
+            k: self.plan.k as i32,
+            encoder: self.plan.encoder.to_string(),
+            created_at_ms: now as i64,
+            members: manifest_members,
+        };
+        let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links);
+        let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;
+        sends.push((f, self.topics.groups.clone()));
+
+        let kind = if members == self.plan.k { "full" } else { "partial" };
         metrics::counter!(names::ENCODER_GROUPS, "kind" => kind).increment(1);
         // Each query was held on receipt; the hold goes once all of the group is written.
-        let origins: Vec<Origin> = g.members.iter().map(|m| m.query.origin).collect();
         self.outbox.push(origins, sends);
         Ok(())
     }

@@ -25,7 +25,12 @@ struct Item {
     /// Query id (model role) or group id (parity role): the record key.
     key: String,
     group_id: String,
+    /// Member index (model role) or number of members encoded (parity role).
     index: i32,
+    /// Timing of the query (model role), passed on so the decoder can answer at once.
+    sent_at_ms: i64,
+    received_at_ms: i64,
+    deadline_at_ms: i64,
     tensor: Tensor,
     decoder_partition: i32,
     hard_deadline_at: i64,
@@ -169,6 +174,10 @@ impl Worker {
                     query_id: item.key.clone(),
                     group_id: item.group_id.clone(),
                     index: item.index,
+                    model_partition: item.origin.partition,
+                    sent_at_ms: item.sent_at_ms,
+                    received_at_ms: item.received_at_ms,
+                    deadline_at_ms: item.deadline_at_ms,
                     output,
                     worker: self.name.clone(),
                     batch_size: items.len() as i32,
@@ -178,6 +187,7 @@ impl Worker {
                 })?,
                 Role::Parity => avro::encode(&ParityPrediction {
                     group_id: item.group_id.clone(),
+                    members: item.index,
                     output,
                     worker: self.name.clone(),
                     batch_size: items.len() as i32,
@@ -211,12 +221,36 @@ impl Worker {
             Role::Model => {
                 let q: MemberQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable member query: {e:#}")))?;
                 let tensor = q.tensor.to_tensor().map_err(|e| (Some(q.query_id.clone()), format!("bad tensor: {e}")))?;
-                Item { key: q.query_id, group_id: q.group_id, index: q.index, tensor, decoder_partition: q.decoder_partition, hard_deadline_at: q.hard_deadline_at_ms, origin, cx }
+                Item {
+                    key: q.query_id,
+                    group_id: q.group_id,
+                    index: q.index,
+                    sent_at_ms: q.sent_at_ms,
+                    received_at_ms: q.received_at_ms,
+                    deadline_at_ms: q.deadline_at_ms,
+                    tensor,
+                    decoder_partition: q.decoder_partition,
+                    hard_deadline_at: q.hard_deadline_at_ms,
+                    origin,
+                    cx,
+                }
             }
             Role::Parity => {
                 let q: ParityQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable parity query: {e:#}")))?;
                 let tensor = q.tensor.to_tensor().map_err(|e| (None, format!("bad parity tensor of group {}: {e}", q.group_id)))?;
-                Item { key: q.group_id.clone(), group_id: q.group_id, index: -1, tensor, decoder_partition: q.decoder_partition, hard_deadline_at: q.hard_deadline_at_ms, origin, cx }
+                Item {
+                    key: q.group_id.clone(),
+                    group_id: q.group_id,
+                    index: q.members,
+                    sent_at_ms: 0,
+                    received_at_ms: 0,
+                    deadline_at_ms: 0,
+                    tensor,
+                    decoder_partition: q.decoder_partition,
+                    hard_deadline_at: q.hard_deadline_at_ms,
+                    origin,
+                    cx,
+                }
             }
         };
         item.tensor

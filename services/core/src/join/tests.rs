@@ -24,6 +24,10 @@ fn spec(k: u32, deadline: u64, hard: u64) -> GroupSpec {
     }
 }
 
+fn arr(index: u32, output: Vec<f32>, hard: u64) -> Arrival {
+    Arrival { query_id: format!("q{index}"), index, model_partition: index as i32, output, deadline_at: hard, hard_deadline_at: hard, meta: () }
+}
+
 fn results(j: &mut Join) -> Vec<Emission> {
     let mut out = Vec::new();
     while let Some(e) = j.poll_event() {
@@ -42,14 +46,16 @@ fn config(policy: Policy, lag: bool) -> JoinConfig {
 fn model_predictions_are_answered_at_once_and_the_group_is_dropped() {
     let mut j = Join::new(config(Policy::Deadline, true));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
-    j.on_prediction("g", 0, vec![1.0, 0.0], 100, origin(1, 0), 1);
-    j.on_prediction("g", 1, vec![0.0, 1.0], 100, origin(1, 1), 2);
+    j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
+    j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 2);
     let r = results(&mut j);
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|e| e.source == Source::Model));
     assert_eq!(j.len(), 1, "kept until the parity arrives");
-    j.on_parity("g", vec![1.0, 1.0], 100, origin(2, 0), 3);
-    assert!(j.is_empty());
+    j.on_parity("g", 2, vec![1.0, 1.0], 100, origin(2, 0), 3);
+    assert_eq!(j.open_groups(), 0, "finished");
+    j.handle_timeout(10_000);
+    assert!(j.is_empty(), "forgotten after the late linger");
     assert_eq!(j.committable(), vec![(0, 0, 1), (1, 0, 2), (2, 0, 1)]);
 }
 
@@ -57,8 +63,8 @@ fn model_predictions_are_answered_at_once_and_the_group_is_dropped() {
 fn deadline_policy_waits_for_the_deadline_then_reconstructs() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
-    j.on_prediction("g", 0, vec![1.0, 2.0], 100, origin(1, 0), 1);
-    j.on_parity("g", vec![1.5, 7.0], 100, origin(2, 0), 2);
+    j.on_prediction("g", arr(0, vec![1.0, 2.0], 100), origin(1, 0), 1);
+    j.on_parity("g", 2, vec![1.5, 7.0], 100, origin(2, 0), 2);
     let r = results(&mut j);
     assert_eq!(r.len(), 1);
     assert_eq!(j.next_timeout(), Some(50));
@@ -71,19 +77,21 @@ fn deadline_policy_waits_for_the_deadline_then_reconstructs() {
     assert_eq!(r[0].output, vec![0.5, 5.0]);
     assert_eq!(r[0].at, 50);
     // The real one arrives late and agrees with the reconstruction's top-1.
-    j.on_prediction("g", 1, vec![0.4, 5.1], 100, origin(1, 1), 60);
+    j.on_prediction("g", arr(1, vec![0.4, 5.1], 100), origin(1, 1), 60);
     assert!(matches!(j.poll_event(), Some(Event::Late { agreed: Some(true), .. })));
-    assert!(j.is_empty());
+    assert_eq!(j.open_groups(), 0, "finished");
+    j.handle_timeout(10_000);
+    assert!(j.is_empty(), "forgotten after the late linger");
 }
 
 #[test]
 fn parity_after_the_deadline_reconstructs_on_the_next_timeout() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
-    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
     j.handle_timeout(50);
     assert_eq!(results(&mut j).len(), 1);
-    j.on_parity("g", vec![3.0], 100, origin(2, 0), 70);
+    j.on_parity("g", 2, vec![3.0], 100, origin(2, 0), 70);
     assert!(results(&mut j).is_empty(), "arrival alone never acts on a deadline");
     assert_eq!(j.next_timeout(), Some(50));
     j.handle_timeout(70);
@@ -95,10 +103,10 @@ fn parity_after_the_deadline_reconstructs_on_the_next_timeout() {
 fn eager_policy_reconstructs_as_soon_as_possible() {
     let mut j = Join::new(config(Policy::Eager, false));
     j.on_manifest(spec(3, 50, 100), origin(0, 0), 0);
-    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
-    j.on_parity("g", vec![6.0], 100, origin(2, 0), 2);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
+    j.on_parity("g", 3, vec![6.0], 100, origin(2, 0), 2);
     assert_eq!(results(&mut j).len(), 1);
-    j.on_prediction("g", 2, vec![2.0], 100, origin(1, 1), 3);
+    j.on_prediction("g", arr(2, vec![2.0], 100), origin(1, 1), 3);
     let r = results(&mut j);
     assert_eq!(r.len(), 2);
     let q1 = r.iter().find(|e| e.query_id == "q1").unwrap();
@@ -109,7 +117,7 @@ fn eager_policy_reconstructs_as_soon_as_possible() {
 fn unavailable_at_the_hard_deadline_when_two_are_missing() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
-    j.on_parity("g", vec![3.0], 100, origin(2, 0), 2);
+    j.on_parity("g", 2, vec![3.0], 100, origin(2, 0), 2);
     j.handle_timeout(50);
     assert!(results(&mut j).is_empty());
     j.handle_timeout(100);
@@ -123,15 +131,22 @@ fn unavailable_at_the_hard_deadline_when_two_are_missing() {
 #[test]
 fn predictions_before_their_manifest_wait_for_it_or_expire() {
     let mut j = Join::new(config(Policy::Deadline, false));
-    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 0);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 0);
     j.on_manifest(spec(1, 50, 100), origin(0, 0), 1);
     assert_eq!(results(&mut j)[0].source, Source::Model);
 
-    j.on_prediction("orphan", 0, vec![1.0], 100, origin(1, 1), 0);
+    j.on_prediction("orphan", arr(0, vec![1.0], 100), origin(1, 1), 0);
+    assert_eq!(results(&mut j)[0].source, Source::Model, "answered at once, without its manifest");
     j.handle_timeout(199);
     assert_eq!(j.len(), 2);
     j.handle_timeout(200);
     assert!(matches!(j.poll_event(), Some(Event::Expired { inputs: 1, .. })));
+    assert_eq!(j.open_groups(), 0);
+    // Its query was answered: a manifest that straggles in now does not answer it again.
+    j.on_manifest(GroupSpec { group_id: "orphan".into(), ..spec(1, 50, 100) }, origin(0, 1), 250);
+    j.handle_timeout(250);
+    assert!(results(&mut j).is_empty());
+    j.handle_timeout(300);
     assert!(j.is_empty());
 }
 
@@ -145,8 +160,8 @@ fn a_lagging_partition_gets_its_pending_members_reconstructed_at_once() {
     for (g, off) in [("a", 0), ("b", 1)] {
         let s = if g == "a" { a.clone() } else { b.clone() };
         j.on_manifest(s, origin(0, off), 0);
-        j.on_prediction(g, 0, vec![1.0], 200, origin(1, off), 1);
-        j.on_parity(g, vec![3.0], 200, origin(2, off), 1);
+        j.on_prediction(g, arr(0, vec![1.0], 200), origin(1, off), 1);
+        j.on_parity(g, 2, vec![3.0], 200, origin(2, off), 1);
     }
     results(&mut j);
     j.handle_timeout(50); // a's member on partition 1 misses its deadline
@@ -158,7 +173,7 @@ fn a_lagging_partition_gets_its_pending_members_reconstructed_at_once() {
     let mut c = spec(2, 500, 600);
     c.group_id = "c".into();
     j.on_manifest(c, origin(0, 2), 60);
-    j.on_prediction("c", 1, vec![1.0], 600, origin(1, 2), 61);
+    j.on_prediction("c", arr(1, vec![1.0], 600), origin(1, 2), 61);
     assert!(j.lagging_partitions().is_empty());
 }
 
@@ -167,11 +182,13 @@ fn duplicates_are_ignored_and_release_nothing_twice() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(1, 50, 100), origin(0, 0), 0);
     j.on_manifest(spec(1, 50, 100), origin(0, 1), 0);
-    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 0), 1);
-    j.on_prediction("g", 0, vec![1.0], 100, origin(1, 1), 1);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 1), 1);
     assert_eq!(results(&mut j).len(), 1);
-    j.on_parity("g", vec![1.0], 100, origin(2, 0), 2);
-    assert!(j.is_empty());
+    j.on_parity("g", 1, vec![1.0], 100, origin(2, 0), 2);
+    assert_eq!(j.open_groups(), 0, "finished");
+    j.handle_timeout(10_000);
+    assert!(j.is_empty(), "forgotten after the late linger");
     assert_eq!(j.committable(), vec![(0, 0, 2), (1, 0, 2), (2, 0, 1)]);
 }
 
@@ -200,7 +217,9 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 k,
                 deadline: deadline * 8,
                 hard_extra: hard_extra * 8,
-                manifest_at: manifest_at * 8,
+                // Manifests come at most a late linger after the hard deadline (the encoder
+                // sends one when the group closes, well before).
+                manifest_at: (manifest_at * 8).min((deadline + hard_extra) * 8 + 50),
                 member_at: member_at.iter().enumerate().map(|(i, t)| t.map(|t| t * 8 + 1 + i as u64)).collect(),
                 parity_at: parity_at.map(|t| t * 8 + 7),
                 policy: if eager { Policy::Eager } else { Policy::Deadline },
@@ -250,8 +269,8 @@ proptest! {
             seq += 1;
             match kind {
                 0 => j.on_manifest(s.clone(), origin(0, seq), t),
-                1 => j.on_prediction("g", i, linear_f(xs[i as usize], i), hard, origin(1, seq), t),
-                _ => j.on_parity("g", parity_out.clone(), hard, origin(2, seq), t),
+                1 => j.on_prediction("g", arr(i, linear_f(xs[i as usize], i), hard), origin(1, seq), t),
+                _ => j.on_parity("g", sc.k, parity_out.clone(), hard, origin(2, seq), t),
             }
             // all arrivals of one millisecond come in before its deadlines act
             if arrivals.get(n + 1).is_none_or(|next| next.0 > t) { step(&mut j, t, &mut answered)?; }
@@ -267,7 +286,7 @@ proptest! {
         for (i, m) in s.members.iter().enumerate() {
             let r = &answered[&m.query_id];
             let manifest_in = sc.manifest_at <= r.at;
-            prop_assert!(manifest_in, "answered before the manifest arrived");
+            prop_assert!(manifest_in || r.source == Source::Model, "only a real prediction is answered before the manifest");
             match r.source {
                 Source::Model => {
                     prop_assert!(available(sc.member_at[i], r.at));
@@ -330,9 +349,9 @@ fn state_stays_bounded_over_a_long_run() {
         s.group_id = id.clone();
         j.on_manifest(s, origin(0, n as i64), now);
         // every 7th group loses a member, every 11th loses its parity, every 13th a late member
-        if n % 7 != 0 { j.on_prediction(&id, 0, vec![1.0, 0.0], now + 40, origin(1, 2 * n as i64), now); }
-        if n % 13 != 0 { j.on_prediction(&id, 1, vec![0.0, 1.0], now + 40, origin(1, 2 * n as i64 + 1), now); }
-        if n % 11 != 0 { j.on_parity(&id, vec![1.0, 1.0], now + 40, origin(2, n as i64), now); }
+        if n % 7 != 0 { j.on_prediction(&id, arr(0, vec![1.0, 0.0], now + 40), origin(1, 2 * n as i64), now); }
+        if n % 13 != 0 { j.on_prediction(&id, arr(1, vec![0.0, 1.0], now + 40), origin(1, 2 * n as i64 + 1), now); }
+        if n % 11 != 0 { j.on_parity(&id, 2, vec![1.0, 1.0], now + 40, origin(2, n as i64), now); }
         j.handle_timeout(now);
         while j.poll_event().is_some() {}
         max_len = max_len.max(j.len());
@@ -340,4 +359,22 @@ fn state_stays_bounded_over_a_long_run() {
     assert!(max_len < 200, "join held {max_len} groups");
     j.handle_timeout(1_000_000);
     assert!(j.is_empty());
+}
+
+#[test]
+fn a_regrouped_manifest_adds_its_members_and_never_reconstructs() {
+    // The encoder crashed and its replay put q0 and q1 in one group where the first run
+    // had closed {q0} alone.
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(spec(1, 50, 100), origin(0, 0), 0);
+    j.on_manifest(spec(2, 50, 100), origin(0, 1), 1);
+    j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 2);
+    j.on_parity("g", 1, vec![3.0], 100, origin(2, 0), 3);
+    j.on_parity("g", 2, vec![3.0], 100, origin(2, 1), 3);
+    j.handle_timeout(50);
+    let r = results(&mut j);
+    assert_eq!(r.len(), 1, "only q0's real prediction; no reconstruction from an ambiguous parity: {r:?}");
+    j.handle_timeout(100);
+    let r = results(&mut j);
+    assert_eq!((r[0].query_id.as_str(), r[0].source), ("q1", Source::Unavailable));
 }
