@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,7 @@ def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: trai
         "best_epoch": trained.best_epoch,
         "epochs_requested": args.epochs,
         "arch": arch,
-        "optimizer": {"name": "adam", "lr": hyper.lr, "weight_decay": hyper.weight_decay, "batch_size": hyper.batch_size},
+        "optimizer": {"name": "adam", "lr": hyper.lr, "weight_decay": hyper.weight_decay, "batch_size": hyper.batch_size, "schedule": hyper.schedule},
         "seed": hyper.seed,
         "validation": {"size": VALIDATION_SIZE, "seed": SPLIT_SEED, "best": round(trained.best_validation, 6)},
         "threads": torch.get_num_threads(),
@@ -59,7 +60,7 @@ def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: trai
 def cmd_base(args: argparse.Namespace, argv: list[str]) -> int:
     ds = data.load(args.dataset)
     fit, val = _split(ds)
-    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size or 64, seed=args.seed)
+    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size or 64, seed=args.seed, schedule=args.schedule)
     if args.limit:
         fit = fit.take(slice(0, args.limit))
     trained = train.train_base(
@@ -97,8 +98,48 @@ def cmd_base(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
+def adopt_onnx(onnx_path: Path, dataset: str, out: Path, name: str | None) -> Path:
+    """Bring your own model: writes a base manifest (and a copy of the ONNX file) into `out`
+    for a classifier given only as an ONNX file, by running it with onnxruntime on the data
+    set's test images. Returns the manifest's path."""
+    ds = data.load(dataset)
+    name = name or onnx_path.stem
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / f"{name}.onnx"
+    if target.resolve() != onnx_path.resolve():
+        shutil.copyfile(onnx_path, target)
+    f = export.OnnxModel(target, threads=torch.get_num_threads())
+    test_x = ds.test.floats()
+    logits = f(test_x)
+    if logits.ndim != 2:
+        raise SystemExit(f"{onnx_path}: expected logits [batch, classes], got shape {logits.shape}")
+    manifest = {
+        "name": name,
+        "file": target.name,
+        "dataset": ds.name,
+        "role": "base",
+        "input_shape": list(ds.input_shape),
+        "input_range": [0.0, 1.0],
+        "normalization": {"in_graph": True, "note": "brought as ONNX; assumed to take raw pixels in [0, 1]"},
+        "output_size": int(logits.shape[1]),
+        "accuracy": {"test_top1": round(float((logits.argmax(1) == ds.test.labels).mean()), 6)},
+        "reference": export.reference_io(f, test_x[:REFERENCE_COUNT]),
+        "training": {"brought": str(onnx_path)},
+    }
+    path = out / f"{name}.json"
+    export.write_manifest(path, manifest)
+    export.check_manifest(path)
+    train.log(f"F {name}: adopted {onnx_path}: test top-1 {manifest['accuracy']['test_top1']:.4f}; wrote {path}")
+    return path
+
+
 def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     base_path = Path(args.base)
+    if base_path.suffix == ".onnx" and not base_path.with_suffix(".json").is_file():
+        # A classifier without a manifest: only its ONNX file and a data set are needed.
+        if not args.dataset or not args.arch:
+            raise SystemExit(f"{base_path} has no manifest beside it: give --dataset and Fp's --arch to train a parity model for it")
+        base_path = adopt_onnx(base_path, args.dataset, Path(args.out), args.base_name)
     if base_path.suffix != ".json":
         base_path = base_path.with_suffix(".json")
     base = export.read_manifest(base_path)
@@ -121,7 +162,7 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     train.log(f"F logits for {len(fit_x) + len(val_x) + len(test_x)} examples in {time.monotonic() - t0:.1f}s")
 
     batch = args.batch_size or train.default_parity_batch(args.k)
-    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed)
+    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed, schedule=args.schedule)
     trained = train.train_parity(
         arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
         ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
@@ -229,6 +270,9 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--weight-decay", type=float, default=1e-5)
         s.add_argument("--batch-size", type=int, help="examples (F) or coding groups (Fp) per step")
         s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--schedule", choices=("constant", "cosine", "cosine-time"), default="constant",
+                       help="learning rate: constant (the reference), cosine decay to 0 over --epochs, "
+                       "or cosine-time: decay to 0 over --max-minutes")
         s.add_argument("--limit", type=int, help="train on only the first N training examples (for tests)")
         s.add_argument("--out", default="models", help="output folder (default: models)")
         s.add_argument("--name", help="model name (default: derived)")
@@ -240,7 +284,11 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(run=cmd_base)
 
     q = sub.add_parser("parity", help="train and export a parity model Fp for an exported F")
-    q.add_argument("--base", required=True, help="the base model's manifest (models/mnist-mlp.json)")
+    q.add_argument("--base", required=True,
+                   help="the base model's manifest (models/mnist-mlp.json), or any classifier's ONNX file "
+                   "(with --dataset and --arch: F's PyTorch code is never needed)")
+    q.add_argument("--dataset", choices=data.DATASETS, help="the data set, when --base is a bare ONNX file")
+    q.add_argument("--base-name", help="name for the manifest of a bare ONNX base (default: its file stem)")
     q.add_argument("--k", type=int, default=2)
     q.add_argument("--encoder", choices=sorted(encoders.ENCODERS), default="addition")
     q.add_argument("--arch", help="Fp's architecture (default: F's)")

@@ -10,6 +10,7 @@ validation groups and the epoch with the best reconstruction top-1 (agreement wi
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class Hyper:
     weight_decay: float = 1e-5
     batch_size: int = 64  # examples for F, coding groups for Fp
     seed: int = 0
+    # "constant" (the reference); "cosine": lr decays to 0 over `epochs` (per step), which
+    # gets more out of a short run; "cosine-time": decays to 0 over the time budget
+    # (--max-minutes) instead, for a machine whose speed is not known in advance.
+    schedule: str = "constant"
 
 
 @dataclass
@@ -73,6 +78,17 @@ def _fit(
 ) -> Trained:
     """The loop shared by F and Fp: shuffle, minibatch, Adam, keep the best validated epoch."""
     opt = torch.optim.Adam(model.parameters(), lr=hyper.lr, weight_decay=hyper.weight_decay)
+    steps_per_epoch = -(-n_items // hyper.batch_size)
+    if hyper.schedule == "cosine":
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
+    elif hyper.schedule == "cosine-time":
+        if max_seconds is None:
+            raise ValueError("schedule cosine-time needs a time budget (--max-minutes)")
+        sched = None
+    elif hyper.schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"unknown schedule '{hyper.schedule}' (known: constant, cosine)")
     gen = torch.Generator().manual_seed(hyper.seed)
     best, best_epoch, best_state = -1.0, 0, None
     history: list[dict] = []
@@ -90,6 +106,12 @@ def _fit(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if sched is not None:
+                sched.step()
+            elif hyper.schedule == "cosine-time":
+                done = min(1.0, (time.monotonic() - start) / max_seconds)
+                for g in opt.param_groups:
+                    g["lr"] = hyper.lr * 0.5 * (1.0 + math.cos(math.pi * done))
             total += loss.item()
             count += 1
         row = {"epoch": epoch, "loss": total / max(count, 1), **validate(model)}
@@ -101,7 +123,9 @@ def _fit(
             marker = " *"
         log(f"{what} epoch {epoch}/{epochs}: loss {row['loss']:.5f} {metric} {row[metric]:.4f} ({row['seconds']:.1f}s){marker}")
         elapsed = time.monotonic() - start
-        if max_seconds is not None and elapsed + row["seconds"] > max_seconds and epoch < epochs:
+        # cosine-time runs until the budget is spent (the lr is ~0 by then).
+        slack = 0.0 if hyper.schedule == "cosine-time" else row["seconds"]
+        if max_seconds is not None and elapsed + slack > max_seconds and epoch < epochs:
             log(f"{what}: stopping after epoch {epoch}: time budget of {max_seconds:.0f}s reached")
             break
     assert best_state is not None, "no epoch ran"

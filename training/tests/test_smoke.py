@@ -80,3 +80,31 @@ def test_lenet_and_the_improved_parity_recipe(tmp_path, mnist):
     assert "cross_entropy" in parity["training"]["loss"]
     assert len(parity["reference"]["groups"]) == 3 and len(parity["reference"]["groups"][0]) == 4
     assert export.check_manifest(out / "mnist-lenet-parity-concat-k4.json") < export.TOLERANCE
+
+
+def test_bring_your_own_onnx_classifier(tmp_path, mnist):
+    """A parity model for a classifier given only as an ONNX file (no manifest, no PyTorch code)."""
+    import shutil
+
+    trained = tmp_path / "trained"
+    assert cli.main(["base", "--epochs", "1", "--limit", "300", "--out", str(trained)]) == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copyfile(trained / "mnist-mlp.onnx", mine / "my-classifier.onnx")
+    out = tmp_path / "models"
+    assert cli.main(["parity", "--base", str(mine / "my-classifier.onnx"), "--dataset", "mnist", "--arch", "mlp",
+                     "--k", "2", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    base = json.loads((out / "my-classifier.json").read_text())
+    parity = json.loads((out / "my-classifier-parity-add-k2.json").read_text())
+    assert base["role"] == "base" and (out / "my-classifier.onnx").is_file()
+    assert parity["base"] == "my-classifier"
+    assert parity["accuracy"]["base_top1"] == base["accuracy"]["test_top1"]
+    for name in ("my-classifier.json", "my-classifier-parity-add-k2.json"):
+        assert export.check_manifest(out / name) < export.TOLERANCE
+    # Without a data set it says what is missing.
+    try:
+        cli.main(["parity", "--base", str(mine / "my-classifier.onnx"), "--epochs", "1", "--out", str(out / "x")])
+    except SystemExit as e:
+        assert "--dataset" in str(e)
+    else:
+        raise AssertionError("a bare ONNX base without --dataset must be refused")
