@@ -43,3 +43,20 @@ def test_test_data_files_are_the_first_2000_test_examples(repo, mnist):
     base = json.loads((repo / "models" / "mnist-mlp.json").read_text())
     ref = np.asarray(base["reference"]["inputs"], dtype=np.float32)
     assert np.abs(ref - images[:3].reshape(3, -1) / np.float32(255)).max() < 1e-6
+
+
+def test_every_committed_model_reproduces_its_reference(repo):
+    for path in manifests(repo):
+        assert export.check_manifest(path) < export.TOLERANCE, path
+        m = json.loads(path.read_text())
+        if m["role"] == "parity":
+            base = json.loads((path.parent / f"{m['base']}.json").read_text())
+            assert base["role"] == "base" and base["dataset"] == m["dataset"], path
+
+
+def test_full_test_sets_are_the_standard_test_sets(repo, mnist):
+    images = read_idx(repo / "models" / "data" / "mnist-t10k-images.idx3-ubyte.gz")
+    labels = read_idx(repo / "models" / "data" / "mnist-t10k-labels.idx1-ubyte.gz")
+    assert np.array_equal(images, mnist.test.images) and np.array_equal(labels, mnist.test.labels)
+    fashion = repo / "models" / "data" / "fashion-mnist-t10k-labels.idx1-ubyte.gz"
+    assert read_idx(fashion).shape == (10000,)
