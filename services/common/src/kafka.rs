@@ -287,7 +287,9 @@ pub async fn create_topics(args: &KafkaArgs, layout: &TopicLayout) -> anyhow::Re
     let admin = args.admin()?;
     let new: Vec<NewTopic> = wanted
         .iter()
-        .map(|(name, p)| NewTopic::new(name.as_str(), *p, TopicReplication::Fixed(1)))
+        // -1: the brokers' default replication factor (1 on a single node, 3 on the
+        // three-broker compose cluster).
+        .map(|(name, p)| NewTopic::new(name.as_str(), *p, TopicReplication::Fixed(-1)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let results = admin
