@@ -59,7 +59,7 @@ fn encoder_group(builder: &mut GroupBuilder<(Query, Tensor)>, inputs: &[Vec<u8>]
             }
             let pq = ParityQuery { group_id: g.id.clone(), members: K as i32, k: K as i32, encoder: "addition".into(), tensor: WireTensor::from_tensor(&parity), decoder_partition: dp, hard_deadline_at_ms: 4 };
             bytes += encode(&pq).unwrap().len();
-            let m = GroupManifest { group_id: g.id.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members };
+            let m = GroupManifest { group_id: g.id.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true };
             bytes += encode(&m).unwrap().len();
         }
     }
@@ -81,7 +81,7 @@ fn decoder_inputs(n: usize, with_member_1: bool) -> (Vec<u8>, Vec<Vec<u8>>, Vec<
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         })
         .collect();
-    let manifest = encode(&GroupManifest { group_id: gid.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members }).unwrap();
+    let manifest = encode(&GroupManifest { group_id: gid.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true }).unwrap();
     let preds = (0..K)
         .filter(|j| with_member_1 || *j != 1)
         .map(|j| {
@@ -115,6 +115,7 @@ fn decoder_group(join: &mut Join<(i64, i64)>, manifest: &[u8], preds: &[Vec<u8>]
     let spec = GroupSpec {
         group_id: m.group_id.clone(),
         members: m.members.iter().map(|g| MemberSpec { query_id: g.query_id.clone(), index: g.index as u32, model_partition: g.model_partition, deadline_at: g.deadline_at_ms as u64, hard_deadline_at: g.hard_deadline_at_ms as u64, meta: (g.sent_at_ms, g.received_at_ms) }).collect(),
+        has_parity: m.has_parity,
     };
     join.on_manifest(spec, Origin { topic: 0, partition: 0, offset: seq }, 10);
     for (i, raw) in preds.iter().enumerate() {

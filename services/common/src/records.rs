@@ -81,6 +81,7 @@ pub struct GroupManifest {
     pub encoder: String,
     pub created_at_ms: i64,
     pub members: Vec<GroupMember>,
+    pub has_parity: bool,
 }
 
 /// `schemas/prediction.avsc`.
@@ -218,6 +219,7 @@ mod tests {
                 hard_deadline_at_ms: 4,
                 traceparent: Some("00-abc-def-01".into()),
             }],
+            has_parity: false,
         };
         assert_eq!(decode::<GroupManifest>(&encode(&m).unwrap()).unwrap(), m);
         let d = DeadLetter {

@@ -102,11 +102,15 @@ pub struct Arrival<M = ()> {
     pub meta: M,
 }
 
-/// A coding group: its id and members. Every group has one parity query.
+/// A coding group: its id and members, and whether a parity query was sent for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec<M = ()> {
     pub group_id: String,
     pub members: Vec<MemberSpec<M>>,
+    /// False for a deployment without parity (the benchmark's baselines): no parity
+    /// prediction will come, so the group is finished as soon as every member is
+    /// answered and in, and it is never reconstructed.
+    pub has_parity: bool,
 }
 
 /// Where an answer came from.
@@ -167,6 +171,8 @@ struct Group<M> {
     parity: Option<Vec<f32>>,
     /// Two manifests disagreed (an encoder replay regrouped): never reconstruct.
     conflicted: bool,
+    /// No parity query was sent for this group: none is waited for.
+    no_parity: bool,
 }
 
 /// Predictions that arrived before their manifest; the real ones are already answered.
@@ -359,7 +365,7 @@ impl<M: Clone> Join<M> {
                 return;
             }
             // Only a parity of this very grouping can decode it.
-            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && !g.conflicted => g.parity = Some(output),
+            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && !g.conflicted && !g.no_parity => g.parity = Some(output),
             _ => {
                 self.offsets.observe(origin);
                 return;
@@ -526,6 +532,7 @@ fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
         members: spec.members.iter().map(|s| Member { spec: s.clone(), output: None, answered: None }).collect(),
         parity: None,
         conflicted: false,
+        no_parity: !spec.has_parity,
     }
 }
 
@@ -579,7 +586,7 @@ fn decide<M: Clone>(
 
 /// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
 fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
-    if g.conflicted {
+    if g.conflicted || g.no_parity {
         return None;
     }
     let parity = g.parity.as_ref()?;
@@ -601,7 +608,7 @@ fn drop_at<M>(g: &Group<M>, config: &JoinConfig, now: u64) -> u64 {
 /// When the group next needs attention, or `None` when it is finished.
 fn next_wakeup<M>(g: &Group<M>, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
     let drop_at = drop_at(g, config, now);
-    let everything_in = (g.parity.is_some() || g.conflicted) && g.members.iter().all(|m| m.output.is_some());
+    let everything_in = (g.parity.is_some() || g.conflicted || g.no_parity) && g.members.iter().all(|m| m.output.is_some());
     let all_answered = g.members.iter().all(|m| m.answered.is_some());
     if all_answered && (everything_in || now >= drop_at) {
         return None;

@@ -189,6 +189,7 @@ impl Decoder {
                     },
                 })
                 .collect(),
+            has_parity: m.has_parity,
         };
         self.join.on_manifest(spec, origin, now);
         Ok(())

@@ -23,6 +23,11 @@ pub struct EncoderArgs {
     /// Time (ms from receipt) after which a query with no answer is answered UNAVAILABLE.
     #[arg(long, env = "PARM_HARD_DEADLINE_MS", default_value_t = 2000)]
     pub hard_deadline_ms: u64,
+    /// Send no parity queries: members and manifests only, so the decoder answers every
+    /// query from its real prediction or UNAVAILABLE (a deployment without redundancy, the
+    /// baseline of the latency benchmark). Groups still form, to keep the bookkeeping.
+    #[arg(long, env = "PARM_NO_PARITY")]
+    pub no_parity: bool,
     /// Consumer group of the encoders (default: PREFIX-encoder).
     #[arg(long, env = "PARM_ENCODER_GROUP")]
     pub group: Option<String>,

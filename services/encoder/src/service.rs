@@ -218,7 +218,7 @@ impl Encoder {
         let now = now_ms();
         let decoder_partition = group_partition(&g.id, self.decoder_partitions);
         let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
-        let parity_input = self.plan.encoder.encode(self.plan.k, &tensors)?;
+        let parity_input = if self.args.no_parity { None } else { Some(self.plan.encoder.encode(self.plan.k, &tensors)?) };
         let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
         let members = g.members.len();
         let mut origins = Vec::with_capacity(members);
@@ -232,20 +232,22 @@ impl Encoder {
         }
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
 
-        let parity = ParityQuery {
-            group_id: g.id.clone(),
-            members: members as i32,
-            k: self.plan.k as i32,
-            encoder: self.plan.encoder.to_string(),
-            tensor: WireTensor::from_tensor(&parity_input),
-            decoder_partition,
-            hard_deadline_at_ms: hard_deadline_at,
-        };
-        let parity_partition = group_partition(&g.id, self.parity_partitions);
-        // The parity query starts a trace of its own, linked to every member it encodes.
-        let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
-        let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &avro::encode(&parity)?, telemetry::inject(&cx)).await?;
-        sends.push((f, self.topics.parity_queries.clone()));
+        if let Some(parity_input) = parity_input {
+            let parity = ParityQuery {
+                group_id: g.id.clone(),
+                members: members as i32,
+                k: self.plan.k as i32,
+                encoder: self.plan.encoder.to_string(),
+                tensor: WireTensor::from_tensor(&parity_input),
+                decoder_partition,
+                hard_deadline_at_ms: hard_deadline_at,
+            };
+            let parity_partition = group_partition(&g.id, self.parity_partitions);
+            // The parity query starts a trace of its own, linked to every member it encodes.
+            let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
+            let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &avro::encode(&parity)?, telemetry::inject(&cx)).await?;
+            sends.push((f, self.topics.parity_queries.clone()));
+        }
 
         let manifest = GroupManifest {
             group_id: g.id.clone(),
@@ -253,6 +255,7 @@ impl Encoder {
             encoder: self.plan.encoder.to_string(),
             created_at_ms: now as i64,
             members: manifest_members,
+            has_parity: !self.args.no_parity,
         };
         let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links);
         let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;

@@ -21,6 +21,7 @@ fn spec(k: u32, deadline: u64, hard: u64) -> GroupSpec {
                 meta: (),
             })
             .collect(),
+        has_parity: true,
     }
 }
 
@@ -40,6 +41,37 @@ fn results(j: &mut Join) -> Vec<Emission> {
 
 fn config(policy: Policy, lag: bool) -> JoinConfig {
     JoinConfig { policy, lag_awareness: lag, late_linger_ms: 100 }
+}
+
+#[test]
+fn a_group_without_parity_is_finished_when_its_members_are_in() {
+    let mut j = Join::new(config(Policy::Deadline, true));
+    j.on_manifest(GroupSpec { has_parity: false, ..spec(2, 50, 100) }, origin(0, 0), 0);
+    j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
+    assert_eq!(j.open_groups(), 1);
+    j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 2);
+    assert!(results(&mut j).iter().all(|e| e.source == Source::Model));
+    assert_eq!(j.open_groups(), 0, "no parity is waited for");
+    assert_eq!(j.committable(), vec![(0, 0, 1), (1, 0, 2)]);
+}
+
+#[test]
+fn a_group_without_parity_answers_a_missing_member_unavailable_at_its_hard_deadline() {
+    for policy in [Policy::Deadline, Policy::Eager] {
+        let mut j = Join::new(config(policy, true));
+        j.on_manifest(GroupSpec { has_parity: false, ..spec(2, 50, 100) }, origin(0, 0), 0);
+        j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
+        // A stray parity prediction (another deployment's, a misconfiguration) decodes nothing.
+        j.on_parity("g", 2, vec![1.0, 1.0], 100, origin(2, 0), 2);
+        j.handle_timeout(60);
+        assert_eq!(results(&mut j).len(), 1, "{policy}: not reconstructed at the deadline");
+        j.handle_timeout(100);
+        let r = results(&mut j);
+        assert_eq!((r.len(), r[0].source, r[0].index), (1, Source::Unavailable, 1), "{policy}");
+        j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 150);
+        assert_eq!(j.open_groups(), 0, "{policy}: finished once the late prediction is in");
+        assert!(results(&mut j).is_empty());
+    }
 }
 
 #[test]
