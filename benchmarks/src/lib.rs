@@ -5,3 +5,10 @@
 //! ## Layout
 //! - `benches/coding_cpu.rs`: criterion benchmark of the encoder's and decoder's CPU work
 //!   per query (everything but the Kafka round trips).
+//! - `src/bin/accuracy.rs`: degraded-mode accuracy of every base/parity pair in `models/`.
+//! - [`scenario`]: scenario files of the latency benchmark and their runs.
+//! - [`latency`]: one run: a mode's topology as `parm` processes, contention, the load.
+//! - `src/bin/bench.rs`: the latency benchmark driver (results and summaries).
+
+pub mod latency;
+pub mod scenario;

@@ -31,6 +31,8 @@ pub struct DeploymentSpec {
     pub decoder_args: Vec<String>,
     /// Extra flags for model worker number i only (e.g. an injected delay).
     pub per_model_worker_args: Vec<(usize, Vec<String>)>,
+    /// Extra flags for parity worker number i only.
+    pub per_parity_worker_args: Vec<(usize, Vec<String>)>,
     pub otlp_endpoint: Option<String>,
     pub log_dir: PathBuf,
 }
@@ -48,6 +50,7 @@ impl DeploymentSpec {
             parity_worker_args: vec![],
             decoder_args: vec![],
             per_model_worker_args: vec![],
+            per_parity_worker_args: vec![],
             otlp_endpoint: None,
             log_dir: std::env::temp_dir().join("parm-logs").join(prefix),
         }
@@ -79,6 +82,9 @@ impl Deployment {
         for i in 0..s.parity_workers {
             let mut args = s.parity_worker_args.clone();
             args.extend(["--worker-id".to_string(), format!("parity-{i}")]);
+            if let Some((_, extra)) = s.per_parity_worker_args.iter().find(|(w, _)| *w == i) {
+                args.extend(extra.iter().cloned());
+            }
             d.spawn(&format!("parity-worker-{i}"), "parity-worker", &args)?;
         }
         for i in 0..s.decoders {
@@ -157,7 +163,7 @@ impl Deployment {
     }
 
     /// The consumer groups of this deployment and the pids of the processes that should be
-    /// their members.
+    /// their members (a kind with no process, e.g. no parity workers, has no group).
     pub fn expected_groups(&self) -> Vec<(String, Vec<u32>)> {
         let p = &self.spec.prefix;
         let pids = |kind: &str| -> Vec<u32> {
@@ -169,6 +175,9 @@ impl Deployment {
             (format!("{p}-parity-workers"), pids("parity-worker")),
             (format!("{p}-decoder"), pids("decoder")),
         ]
+        .into_iter()
+        .filter(|(_, pids)| !pids.is_empty())
+        .collect()
     }
 
     /// Waits until every consumer group of the deployment is stable with exactly its live

@@ -28,21 +28,34 @@ pub struct Report {
     pub p999_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
+    /// Hedged copies sent, and how many of them answered first.
+    pub hedges: usize,
+    pub hedge_wins: usize,
 }
 
 impl Report {
-    /// Builds the report from scheduled send times, results and labels by query id.
-    pub fn new(scheduled: &HashMap<String, u64>, received: &[Received], labels: &HashMap<String, u8>) -> Self {
+    /// Builds the report from scheduled send times (µs since the epoch), results in
+    /// arrival order and labels by query id.
+    pub fn new(scheduled_us: &HashMap<String, u64>, received: &[Received], labels: &HashMap<String, u8>) -> Self {
+        Self::with_histogram(scheduled_us, received, labels).0
+    }
+
+    /// The report and its latency histogram (µs), e.g. to draw a CDF. The first answer of
+    /// a query is its answer; a second answer to the same copy (original or hedge) counts
+    /// as a duplicate.
+    pub fn with_histogram(scheduled: &HashMap<String, u64>, received: &[Received], labels: &HashMap<String, u8>) -> (Self, Histogram<u64>) {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
         let mut first: HashMap<&str, &Received> = HashMap::new();
+        let mut copies: HashSet<(&str, bool)> = HashSet::new();
         let mut duplicates = 0;
         for r in received {
             if !scheduled.contains_key(&r.result.query_id) {
                 continue;
             }
-            if first.insert(&r.result.query_id, r).is_some() {
+            if !copies.insert((&r.result.query_id, r.hedge)) {
                 duplicates += 1;
             }
+            first.entry(&r.result.query_id).or_insert(r);
         }
         let (mut model, mut reconstructed, mut unavailable, mut correct, mut recon_correct) = (0, 0, 0, 0, 0);
         for (id, r) in &first {
@@ -56,12 +69,13 @@ impl Report {
             if r.result.source == ResultSource::Reconstructed {
                 recon_correct += usize::from(right);
             }
-            let us = r.arrived_at_ms.saturating_sub(scheduled[*id]) * 1000;
+            let us = r.arrived_at_us.saturating_sub(scheduled[*id]);
             let _ = hist.record(us.max(1));
         }
+        let hedge_wins = first.values().filter(|r| r.hedge).count();
         let answered: HashSet<&str> = first.keys().copied().collect();
         let ms = |q: f64| if hist.is_empty() { 0.0 } else { hist.value_at_quantile(q) as f64 / 1000.0 };
-        Self {
+        let report = Self {
             queries: scheduled.len(),
             results: answered.len(),
             missing: scheduled.len() - answered.len(),
@@ -77,7 +91,10 @@ impl Report {
             p999_ms: ms(0.999),
             max_ms: if hist.is_empty() { 0.0 } else { hist.max() as f64 / 1000.0 },
             mean_ms: if hist.is_empty() { 0.0 } else { hist.mean() / 1000.0 },
-        }
+            hedges: 0,
+            hedge_wins,
+        };
+        (report, hist)
     }
 
     /// A few readable lines.

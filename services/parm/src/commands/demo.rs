@@ -5,7 +5,7 @@
 //! queries on an open-loop schedule, and prints what came back.
 
 use crate::broker;
-use crate::client::{run_schedule, Client};
+use crate::client::{run_schedule, Client, Load};
 use crate::launch::{Deployment, DeploymentSpec};
 use crate::mnist::Mnist;
 use crate::report::Report;
@@ -106,17 +106,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let labels: HashMap<String, u8> = (0..args.queries).map(|i| (format!("demo-{i}"), data.labels[i % data.len()])).collect();
     let client = Client::connect(&kafka)?;
     eprintln!("sending {} queries at {} per second...", args.queries, args.rate);
-    let (scheduled, received) = run_schedule(&client, &queries, args.rate, true, None, Duration::from_secs(5), |done, all| {
-        if done % 100 == 0 || done == all {
-            eprint!("\r  sent {done}/{all}");
-            let _ = std::io::stderr().flush();
-        }
+    let run = run_schedule(&client, &queries, &Load::poisson(args.rate), |sent, answered, all| {
+        eprint!("\r  sent {sent}/{all}, answered {answered}");
+        let _ = std::io::stderr().flush();
     })
     .await?;
     eprintln!();
     deployment.check_alive()?;
     deployment.stop();
-    let report = Report::new(&scheduled, &received, &labels);
+    let report = Report::new(&run.scheduled_us, &run.received, &labels);
     println!("{}", report.human());
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

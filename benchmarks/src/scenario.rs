@@ -1,0 +1,293 @@
+//! Scenario files of the latency benchmark (`benchmarks/scenarios/*.toml`) and their
+//! expansion into runs: every combination of mode, k, arrival rate, contention level and
+//! Kafka settings, each run a fresh deployment on topics of its own.
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// One scenario file. Lists are sweeps; everything has a default so a file says only what
+/// it is about.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Names the results folder (default: the file's stem).
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Queries per run (MNIST test images, cycled).
+    #[serde(default = "default_queries")]
+    pub queries: usize,
+    /// The first queries of a run whose latency is not counted (connections, caches).
+    #[serde(default = "default_warmup")]
+    pub warmup: usize,
+    /// N: model workers of `none` and `parm` (`equal` and `hedge` get N + N/k).
+    #[serde(default = "default_workers")]
+    pub model_workers: usize,
+    #[serde(default = "default_modes")]
+    pub modes: Vec<Mode>,
+    #[serde(default = "default_ks")]
+    pub ks: Vec<usize>,
+    /// Arrival rates (queries per second, Poisson).
+    pub rates: Vec<f64>,
+    /// Seed of the arrival times and of the workers' slowdown episodes.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub service: Service,
+    /// Contention levels; none given: one level without contention.
+    #[serde(default)]
+    pub contention: Vec<Contention>,
+    /// Sets of librdkafka settings for every client (services and load generator); none
+    /// given: the services' defaults.
+    #[serde(default)]
+    pub kafka: Vec<KafkaVariant>,
+}
+
+/// A deployment's way of answering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// N model workers, no redundancy.
+    None,
+    /// The paper's Equal-Resources: N + N/k model workers, no redundancy.
+    Equal,
+    /// N + N/k model workers; a query unanswered after the hedge delay is sent again
+    /// (client side), copies capped at 1/k of the queries.
+    Hedge,
+    /// N model workers + N/k parity workers, decoder policy `deadline`.
+    Parm,
+    /// The same with the paper's policy: reconstruct as soon as possible.
+    ParmEager,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Equal => "equal",
+            Mode::Hedge => "hedge",
+            Mode::Parm => "parm",
+            Mode::ParmEager => "parm-eager",
+        }
+    }
+
+    pub fn has_parity(self) -> bool {
+        matches!(self, Mode::Parm | Mode::ParmEager)
+    }
+}
+
+/// Service time and deadlines, the same for every mode.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Service {
+    /// Deployed model F (real inference on every query).
+    pub model: String,
+    /// The parity model for k: this name with `{k}` replaced (a name in `models/`).
+    pub parity_model: String,
+    /// Synthetic service time per batch (ms), slept after the real inference, so that 12+
+    /// workers fit on two cores: a sleep holds the worker, not the CPU.
+    pub synthetic_ms: f64,
+    /// Mean of an exponential synthetic part per batch (ms).
+    pub synthetic_exp_ms: f64,
+    pub max_batch: usize,
+    pub max_wait_ms: u64,
+    /// Budget after which the decoder may reconstruct (`parm`), ms from the encoder's receipt.
+    pub deadline_ms: u64,
+    /// After this the decoder answers UNAVAILABLE.
+    pub hard_deadline_ms: u64,
+    pub linger_ms: u64,
+    /// Hedge delay: a fixed number of ms, or absent for the observed p95.
+    pub hedge_after_ms: Option<f64>,
+    /// Quantile of the observed latencies used as the hedge delay when no fixed delay is set.
+    pub hedge_quantile: f64,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Self {
+            model: "mnist-mlp".into(),
+            parity_model: "mnist-mlp-parity-add-k{k}".into(),
+            synthetic_ms: 0.0,
+            synthetic_exp_ms: 0.0,
+            max_batch: 1,
+            max_wait_ms: 0,
+            deadline_ms: 50,
+            hard_deadline_ms: 2000,
+            linger_ms: 5,
+            hedge_after_ms: None,
+            hedge_quantile: 0.95,
+        }
+    }
+}
+
+/// How much the machine and the workers are disturbed.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Contention {
+    pub name: String,
+    /// Slowdown episodes per second per worker (Poisson, seeded per worker), imitating the
+    /// paper's background shuffles; model and parity workers alike.
+    pub episode_rate: f64,
+    /// Length of an episode (ms).
+    pub episode_ms: f64,
+    /// Extra service time per batch during an episode (ms).
+    pub episode_extra_ms: f64,
+    /// Busy-loop processes on the machine for the whole run (real CPU contention).
+    pub cpu_hogs: usize,
+    /// Their niceness (0: they compete with the services as equals).
+    pub cpu_hog_nice: i32,
+}
+
+impl Contention {
+    pub fn none() -> Self {
+        Self { name: "none".into(), ..Default::default() }
+    }
+
+    /// Expected number of workers in an episode at any moment, out of `workers`.
+    pub fn expected_concurrent(&self, workers: usize) -> f64 {
+        let busy = self.episode_rate * self.episode_ms / 1000.0;
+        workers as f64 * busy / (1.0 + busy)
+    }
+}
+
+/// A named set of librdkafka settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaVariant {
+    pub name: String,
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// One run of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSpec {
+    pub mode: Mode,
+    pub k: usize,
+    pub rate: f64,
+    pub contention: Contention,
+    pub kafka: KafkaVariant,
+}
+
+impl RunSpec {
+    /// A file-name-safe label.
+    pub fn label(&self) -> String {
+        format!("{}-k{}-{}qps-{}-{}", self.mode.as_str(), self.k, self.rate, self.contention.name, self.kafka.name)
+    }
+}
+
+fn default_queries() -> usize {
+    2000
+}
+fn default_warmup() -> usize {
+    100
+}
+fn default_workers() -> usize {
+    12
+}
+fn default_modes() -> Vec<Mode> {
+    vec![Mode::None, Mode::Equal, Mode::Hedge, Mode::Parm, Mode::ParmEager]
+}
+fn default_ks() -> Vec<usize> {
+    vec![2]
+}
+fn default_seed() -> u64 {
+    1
+}
+
+impl Scenario {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading scenario {}", path.display()))?;
+        let mut s: Scenario = toml::from_str(&text).with_context(|| format!("parsing scenario {}", path.display()))?;
+        if s.name.is_empty() {
+            s.name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "scenario".into());
+        }
+        s.check()?;
+        Ok(s)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        if self.rates.is_empty() || self.rates.iter().any(|r| *r <= 0.0) {
+            bail!("scenario {}: rates must be a non-empty list of positive numbers", self.name);
+        }
+        if self.queries <= self.warmup {
+            bail!("scenario {}: queries ({}) must exceed warmup ({})", self.name, self.queries, self.warmup);
+        }
+        if let Some(k) = self.ks.iter().find(|k| **k < 1 || **k > self.model_workers) {
+            bail!("scenario {}: k = {k} needs 1 <= k <= model_workers ({})", self.name, self.model_workers);
+        }
+        if self.modes.is_empty() {
+            bail!("scenario {}: no modes", self.name);
+        }
+        Ok(())
+    }
+
+    /// Every run, in the order they are run: the modes side by side innermost, so that
+    /// slow drifts of a shared machine affect them alike.
+    pub fn runs(&self) -> Vec<RunSpec> {
+        let levels = if self.contention.is_empty() { vec![Contention::none()] } else { self.contention.clone() };
+        let variants =
+            if self.kafka.is_empty() { vec![KafkaVariant { name: "default".into(), set: vec![] }] } else { self.kafka.clone() };
+        let mut out = Vec::new();
+        for kafka in &variants {
+            for contention in &levels {
+                for &k in &self.ks {
+                    for &rate in &self.rates {
+                        for &mode in &self.modes {
+                            out.push(RunSpec { mode, k, rate, contention: contention.clone(), kafka: kafka.clone() });
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The parity model's name for `k`.
+    pub fn parity_model(&self, k: usize) -> String {
+        self.service.parity_model.replace("{k}", &k.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_checked_in_scenario_parses_and_expands() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let path = e.unwrap().path();
+            if path.extension().is_some_and(|x| x == "toml") {
+                let s = Scenario::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                assert!(!s.runs().is_empty(), "{}", path.display());
+                n += 1;
+            }
+        }
+        assert!(n >= 5, "expected the five scenarios, found {n}");
+    }
+
+    #[test]
+    fn runs_are_the_product_of_the_sweeps() {
+        let s: Scenario = toml::from_str(
+            r#"
+            rates = [100, 200]
+            ks = [2, 3]
+            modes = ["none", "parm"]
+            [[contention]]
+            name = "a"
+            [[contention]]
+            name = "b"
+            episode_rate = 0.2
+            episode_ms = 1000
+        "#,
+        )
+        .unwrap();
+        assert_eq!(s.runs().len(), 2 * 2 * 2 * 2);
+        assert!((s.contention[1].expected_concurrent(18) - 3.0).abs() < 1e-9);
+        assert_eq!(s.parity_model(3), "mnist-mlp-parity-add-k3");
+    }
+}
