@@ -247,7 +247,7 @@ def train_parity(
         missing = [k for k in state if k not in init]
         if missing:
             raise ValueError(f"cannot initialize Fp from F: F has no weights {missing} (is Fp's architecture F's?)")
-        model.load_state_dict({k: torch.as_tensor(init[k]).reshape(state[k].shape) for k in state})
+        model.load_state_dict({k: torch.tensor(np.array(init[k])).reshape(state[k].shape) for k in state})
     x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
     n_groups = len(x) // k
     gen = torch.Generator().manual_seed(hyper.seed + 1)
