@@ -39,6 +39,11 @@ pub struct WorkerArgs {
     /// Also run queries whose hard deadline has passed (by default they are skipped).
     #[arg(long, env = "PARM_KEEP_EXPIRED")]
     pub keep_expired: bool,
+    /// Skip work nobody waits for: a member query already answered (e.g. reconstructed)
+    /// and a parity query whose members are all answered, as read from PREFIX.results
+    /// (the paper's cancellation of queued work).
+    #[arg(long, env = "PARM_SKIP_ANSWERED")]
+    pub skip_answered: bool,
     /// Name of this worker in predictions and logs (default: role-pid).
     #[arg(long, env = "PARM_WORKER_ID")]
     pub worker_id: Option<String>,

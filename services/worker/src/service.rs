@@ -1,6 +1,7 @@
 //! The worker loop: gather a micro-batch, run the model off the async threads, write one
 //! prediction per query to its group's decoder partition.
 
+use crate::answered::Answered;
 use crate::config::{Role, WorkerArgs};
 use crate::delay::DelayModel;
 use opentelemetry::{Context, KeyValue};
@@ -8,7 +9,7 @@ use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
 use parm_common::metrics::names;
 use parm_common::model::{resolve, Model};
 use parm_common::outbox::Outbox;
-use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction};
+use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction, QueryResult};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::{avro, dead_letter, now_ms};
@@ -50,6 +51,8 @@ struct Worker {
     outbox: Outbox,
     delay: DelayModel,
     skip_expired: bool,
+    /// With `--skip-answered`: a reader of the results topic and what it has seen.
+    answered: Option<(StreamConsumer<ParmContext>, Answered)>,
 }
 
 /// Runs a worker of `role` until `shutdown` fires or a write fails.
@@ -71,6 +74,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let group = args.group_name(role);
     let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
+    let answered = if args.skip_answered { Some((results_reader(&args, &topics)?, Answered::new(60_000))) } else { None };
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -83,6 +87,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         outbox: Outbox::new(),
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,
+        answered,
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
     let max_batch = args.max_batch.max(1);
@@ -116,20 +121,53 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     Ok(())
 }
 
+/// A consumer of the results topic in a group of its own, from the end: it only learns
+/// what is answered from now on, and commits nothing that matters.
+fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<StreamConsumer<ParmContext>> {
+    let mut kafka = args.common.kafka.clone();
+    kafka.kafka_set.push(("auto.offset.reset".into(), "latest".into()));
+    kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
+    let group = format!("{}-answered-{}", kafka.topic_prefix, std::process::id());
+    let (reader, _) = kafka.consumer(&group)?;
+    reader.subscribe(&[&topics.results])?;
+    Ok(reader)
+}
+
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
     let offsets: Vec<_> = w.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (w.input_topic.clone(), p, o)).collect();
     store_offsets(consumer, &offsets);
 }
 
 impl Worker {
+    /// Reads every result already waiting on the results topic, without blocking.
+    fn catch_up_answered(&mut self) {
+        use futures::FutureExt;
+        let Some((reader, answered)) = self.answered.as_mut() else { return };
+        while let Some(Ok(msg)) = reader.recv().now_or_never() {
+            if let Ok(r) = avro::decode::<QueryResult>(msg.payload().unwrap_or_default()) {
+                answered.record(&r.query_id, &r.group_id, now_ms());
+            }
+        }
+    }
+
+    /// Whether nobody waits for this item any more.
+    fn already_answered(&self, item: &Item) -> bool {
+        let Some((_, answered)) = &self.answered else { return false };
+        match self.role {
+            Role::Model => answered.query(&item.key),
+            Role::Parity => answered.group(&item.group_id, item.index.max(0) as u32),
+        }
+    }
+
     async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
+        self.catch_up_answered();
         let now = now_ms() as i64;
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
             let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
             self.outbox.tracker.hold(origin);
             match self.decode(msg, origin) {
-                Ok(item) if self.skip_expired && item.hard_deadline_at < now => {
+                Ok(item) if (self.skip_expired && item.hard_deadline_at < now) || self.already_answered(&item) => {
                     metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str()).increment(1);
                     self.outbox.tracker.release(origin);
                 }
