@@ -181,6 +181,10 @@ pub async fn run_one(
     };
     d.model_worker_args = worker(&svc.model);
     d.parity_worker_args = worker(&parity_model);
+    if svc.skip_answered {
+        d.model_worker_args.push("--skip-answered".into());
+        d.parity_worker_args.push("--skip-answered".into());
+    }
     let c = &spec.contention;
     // Each worker its own episode sequence; the same worker number gets the same one in
     // every mode, so the modes meet the same slowdowns.

@@ -102,6 +102,10 @@ pub struct Service {
     pub hedge_after_ms: Option<f64>,
     /// Quantile of the observed latencies used as the hedge delay when no fixed delay is set.
     pub hedge_quantile: f64,
+    /// Workers skip queued work already answered (`--skip-answered`: a reconstructed
+    /// member, a parity whose members are all back), as the paper's system cancels it.
+    /// Only parm's modes have such work.
+    pub skip_answered: bool,
 }
 
 impl Default for Service {
@@ -118,6 +122,7 @@ impl Default for Service {
             linger_ms: 5,
             hedge_after_ms: None,
             hedge_quantile: 0.95,
+            skip_answered: true,
         }
     }
 }
