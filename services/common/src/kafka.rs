@@ -134,7 +134,10 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            .set("fetch.wait.max.ms", "5")
+            // The broker answers a fetch as soon as fetch.min.bytes are there, so this only
+            // bounds an idle poll: at 5 ms, twenty idle consumers kept two cores busy with
+            // fetches and the CPU queueing cost ~90 ms at p99 (benchmarks/README.md).
+            .set("fetch.wait.max.ms", "100")
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
