@@ -25,7 +25,7 @@ fn manifests() -> Vec<PathBuf> {
 fn the_default_pipeline_models_are_present() {
     let names: Vec<String> =
         manifests().iter().filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned())).collect();
-    for needed in ["mnist-mlp", "mnist-mlp-parity-add-k2"] {
+    for needed in ["mnist-mlp", "mnist-mlp-parity-add-k2", "mnist-lenet", "mnist-lenet-parity-concat-k2"] {
         assert!(names.iter().any(|n| n == needed), "models/{needed}.json is missing (found {names:?})");
     }
 }

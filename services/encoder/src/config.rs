@@ -11,7 +11,7 @@ pub struct EncoderArgs {
     pub common: ServiceArgs,
     /// The parity model (name in models/ or path to its manifest): k, the encoder and the
     /// input shape are read from it.
-    #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-mlp-parity-add-k2")]
+    #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-lenet-parity-concat-k2")]
     pub parity_model: String,
     /// Longest time (ms) a query waits for the rest of its group before a partial group is sent.
     #[arg(long, env = "PARM_LINGER_MS", default_value_t = 5)]

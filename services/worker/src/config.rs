@@ -26,8 +26,8 @@ impl Role {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub common: ServiceArgs,
-    /// The model to serve (name in models/ or path to its manifest). Default: mnist-mlp for
-    /// a model worker, mnist-mlp-parity-add-k2 for a parity worker.
+    /// The model to serve (name in models/ or path to its manifest). Default: mnist-lenet
+    /// for a model worker, mnist-lenet-parity-concat-k2 for a parity worker.
     #[arg(long, env = "PARM_MODEL")]
     pub model: Option<String>,
     /// Largest micro-batch.
@@ -57,8 +57,8 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     pub fn model_name(&self, role: Role) -> String {
         self.model.clone().unwrap_or_else(|| match role {
-            Role::Model => "mnist-mlp".into(),
-            Role::Parity => "mnist-mlp-parity-add-k2".into(),
+            Role::Model => "mnist-lenet".into(),
+            Role::Parity => "mnist-lenet-parity-concat-k2".into(),
         })
     }
 

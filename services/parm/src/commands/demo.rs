@@ -4,6 +4,7 @@
 //! launches the services, waits until every consumer group is stable, sends MNIST test
 //! queries on an open-loop schedule, and prints what came back.
 
+use anyhow::Context;
 use crate::broker;
 use crate::client::{run_schedule, Client, Load};
 use crate::launch::{Deployment, DeploymentSpec};
@@ -31,7 +32,7 @@ pub struct DemoArgs {
     #[arg(long, default_value_t = 4)]
     pub model_workers: usize,
     /// The parity model; its manifest gives k and the encoder.
-    #[arg(long, default_value = "mnist-mlp-parity-add-k2")]
+    #[arg(long, default_value = "mnist-lenet-parity-concat-k2")]
     pub parity_model: String,
     /// Make model worker 0 a straggler: this many ms of extra service time per batch.
     #[arg(long, default_value_t = 0.0)]
@@ -81,6 +82,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut spec = DeploymentSpec::new(&brokers, &prefix, args.model_workers, parity_workers);
     spec.encoder_args = vec!["--parity-model".into(), args.parity_model.clone(), "--deadline-ms".into(), args.deadline_ms.to_string()];
     spec.parity_worker_args = vec!["--model".into(), args.parity_model.clone()];
+    // The model workers serve the base model the parity model was trained for.
+    let base = parity.base.clone().context("the parity model's manifest names no base model")?;
+    spec.model_worker_args = vec!["--model".into(), base];
     spec.decoder_args = vec!["--policy".into(), args.policy.clone()];
     if args.straggler_ms > 0.0 {
         spec.per_model_worker_args.push((0, vec!["--delay-fixed-ms".into(), args.straggler_ms.to_string()]));

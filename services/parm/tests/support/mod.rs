@@ -34,10 +34,11 @@ pub fn mnist() -> &'static Mnist {
     DATA.get_or_init(|| Mnist::load_test_subset().expect("MNIST test subset in models/data"))
 }
 
-/// F, run directly with tract, to compare the pipeline's answers with.
+/// F (the services' default base model), run directly with tract, to compare the
+/// pipeline's answers with.
 pub fn base_model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL.get_or_init(|| Model::load(&resolve("mnist-mlp")).expect("models/mnist-mlp.json")).clone()
+    MODEL.get_or_init(|| Model::load(&resolve("mnist-lenet")).expect("models/mnist-lenet.json")).clone()
 }
 
 pub fn top1_of_f(t: &Tensor) -> i32 {
