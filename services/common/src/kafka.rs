@@ -135,8 +135,9 @@ impl KafkaArgs {
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
             // The broker answers a fetch as soon as fetch.min.bytes are there, so this only
-            // bounds an idle poll: at 5 ms, twenty idle consumers kept two cores busy with
-            // fetches and the CPU queueing cost ~90 ms at p99 (benchmarks/README.md).
+            // bounds how often an idle consumer polls: at 5 ms each sends 200 fetches/s, and a
+            // benchmark deployment's 20-40 consumers then compete with the work for the CPU
+            // of a small machine (benchmarks/README.md, pipeline overhead).
             .set("fetch.wait.max.ms", "100")
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", "10000")
