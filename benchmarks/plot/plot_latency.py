@@ -65,7 +65,7 @@ def plot_cdfs(runs, out, title):
         ax.set_xlim(0, nines(0.9999))
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "235" else ""))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "2357" else ""))
         ax.set_xlabel("percentile")
         ax.set_ylabel("client-observed latency (ms, log)")
         ax.set_title(f"{title}: k={k}, {rate:g} qps, contention {cont}, kafka {kafka}", fontsize=10)
@@ -98,12 +98,11 @@ def plot_sweeps(runs, out, title):
             for mode in sorted(modes, key=MODE_ORDER.index):
                 pts = [(x, modes[mode][v]) for x, v in zip(xs, values) if v in modes[mode]]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=mode, **STYLE.get(mode, {}))
-            if not numeric:
-                ax.set_xticks(xs)
-                ax.set_xticklabels(values)
+            ax.set_xticks(xs)
+            ax.set_xticklabels([f"{v:g}" if numeric else v for v in values])
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
-            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "235" else ""))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda y, _: f"{y:g}" if f"{y:g}"[0] in "2357" else ""))
             ax.set_xlabel({"rate": "arrival rate (queries/s, Poisson)"}.get(dim, dim))
             ax.set_ylabel("p99.9 latency (ms, log)")
             ax.set_title(f"{title}: p99.9 vs {dim} ({', '.join(f'{d}={v}' for d, v in zip(others, rest))})", fontsize=9)
