@@ -109,6 +109,9 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         d.flush_events().await?;
         if last_store.elapsed() >= Duration::from_millis(20) {
             d.store(&consumer);
+            // Gauges that scan the join's state: refreshed with the offsets, not per message.
+            metrics::gauge!(names::DECODER_OPEN_GROUPS).set(d.join.open_groups() as f64);
+            metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(d.join.lagging_partitions().len() as f64);
             last_store = Instant::now();
         }
     }
@@ -281,8 +284,6 @@ impl Decoder {
         if !sends.is_empty() {
             self.outbox.push(vec![], sends);
         }
-        metrics::gauge!(names::DECODER_OPEN_GROUPS).set(self.join.open_groups() as f64);
-        metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(self.join.lagging_partitions().len() as f64);
         self.links.expire(now_ms());
         Ok(())
     }

@@ -71,26 +71,26 @@ impl Deployment {
         let mut d = Self { exe: exe.to_path_buf(), spec, services: Vec::new() };
         let s = d.spec.clone();
         d.spawn("encoder", "encoder", &s.encoder_args)?;
-        for i in 0..s.model_workers {
-            let mut args = s.model_worker_args.clone();
-            args.extend(["--worker-id".to_string(), format!("model-{i}")]);
-            if let Some((_, extra)) = s.per_model_worker_args.iter().find(|(w, _)| *w == i) {
-                args.extend(extra.iter().cloned());
-            }
-            d.spawn(&format!("model-worker-{i}"), "model-worker", &args)?;
-        }
-        for i in 0..s.parity_workers {
-            let mut args = s.parity_worker_args.clone();
-            args.extend(["--worker-id".to_string(), format!("parity-{i}")]);
-            if let Some((_, extra)) = s.per_parity_worker_args.iter().find(|(w, _)| *w == i) {
-                args.extend(extra.iter().cloned());
-            }
-            d.spawn(&format!("parity-worker-{i}"), "parity-worker", &args)?;
-        }
+        d.spawn_workers("model", s.model_workers, &s.model_worker_args, &s.per_model_worker_args)?;
+        d.spawn_workers("parity", s.parity_workers, &s.parity_worker_args, &s.per_parity_worker_args)?;
         for i in 0..s.decoders {
             d.spawn(&format!("decoder-{i}"), "decoder", &s.decoder_args)?;
         }
         Ok(d)
+    }
+
+    /// Starts `n` workers of a role (`model` or `parity`): worker i gets the role's flags,
+    /// its id `ROLE-i`, and any flags meant for it alone.
+    fn spawn_workers(&mut self, role: &str, n: usize, args: &[String], per_worker: &[(usize, Vec<String>)]) -> anyhow::Result<()> {
+        for i in 0..n {
+            let mut a = args.to_vec();
+            a.extend(["--worker-id".to_string(), format!("{role}-{i}")]);
+            if let Some((_, extra)) = per_worker.iter().find(|(w, _)| *w == i) {
+                a.extend(extra.iter().cloned());
+            }
+            self.spawn(&format!("{role}-worker-{i}"), &format!("{role}-worker"), &a)?;
+        }
+        Ok(())
     }
 
     /// Starts one more service process.
