@@ -235,6 +235,7 @@ pub async fn run_one(
     tokio::task::block_in_place(|| deployment.stop());
     drop(topics);
 
+    write_query_log(&env.log_dir.join(spec.label()).join("queries.csv"), &run)?;
     let measured: HashMap<String, u64> =
         run.scheduled_us.iter().filter(|(id, _)| id[1..].parse::<usize>().is_ok_and(|i| i >= scn.warmup)).map(|(k, v)| (k.clone(), *v)).collect();
     let (mut report, hist) = Report::with_histogram(&measured, &run.received, &labels);
@@ -261,6 +262,20 @@ pub async fn run_one(
         wall_s: started.elapsed().as_secs_f64(),
         cdf: cdf_points(&hist),
     })
+}
+
+/// Every result the client received, one row each, beside the services' logs: for looking
+/// into a tail (which queries were slow, how they were answered, which group they were in).
+fn write_query_log(path: &std::path::Path, run: &parm::client::Run) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("query_id,group_id,source,latency_ms,decided_after_deadline_ms,hedge\n");
+    for r in &run.received {
+        let Some(scheduled) = run.scheduled_us.get(&r.result.query_id) else { continue };
+        let latency_ms = r.arrived_at_us.saturating_sub(*scheduled) as f64 / 1000.0;
+        let q = &r.result;
+        let _ = writeln!(csv, "{},{},{:?},{latency_ms:.3},{},{}", q.query_id, q.group_id, q.source, q.emitted_at_ms - q.deadline_at_ms, r.hedge);
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))
 }
 
 /// (ms, quantile) points, denser towards the tail.

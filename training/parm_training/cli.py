@@ -166,7 +166,7 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     trained = train.train_parity(
         arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
         ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
-        init=export.onnx_weights(base_path.parent / base["file"]) if args.init_from_base else None,
+        init=_initial_weights(args, base_path.parent / base["file"]),
     )
 
     name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
@@ -186,7 +186,12 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
         "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
         else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
     )
-    info["init"] = "F's weights" if args.init_from_base else "random"
+    info["init"] = _init_description(args)
+    if args.init_from:
+        previous = Path(args.init_from).with_suffix(".json")
+        if previous.is_file():
+            # A continued run: keep the earlier run's record, so the manifest tells the whole story.
+            info["continued_from"] = export.read_manifest(previous).get("training")
     info["evaluation"] = {
         "split": "test",
         "groups": d.groups,
@@ -225,6 +230,28 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
         f"{trained.best_epoch}/{trained.epochs_run}, {trained.seconds:.0f}s; ONNX matches PyTorch to {worst:.2g}"
     )
     return 0
+
+
+def _initial_weights(args: argparse.Namespace, base_onnx: Path) -> dict | None:
+    """Fp's starting weights: F's (--init-from-base), another model's (--init-from), or none."""
+    if args.init_from_base and args.init_from:
+        raise SystemExit("give either --init-from-base or --init-from, not both")
+    if args.init_from_base:
+        return export.onnx_weights(base_onnx)
+    if args.init_from:
+        path = Path(args.init_from)
+        if not path.is_file():
+            raise SystemExit(f"--init-from {path}: no such file (give an ONNX file of Fp's architecture, e.g. an earlier parity model)")
+        return export.onnx_weights(path)
+    return None
+
+
+def _init_description(args: argparse.Namespace) -> str:
+    if args.init_from_base:
+        return "F's weights"
+    if args.init_from:
+        return f"weights of {Path(args.init_from).name}"
+    return "random"
 
 
 def cmd_export_data(args: argparse.Namespace, argv: list[str]) -> int:
@@ -294,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--arch", help="Fp's architecture (default: F's)")
     q.add_argument("--init-from-base", action="store_true",
                    help="start Fp from F's weights (read from F's ONNX file) instead of a random init")
+    q.add_argument("--init-from", metavar="ONNX",
+                   help="start Fp from the weights of this ONNX file of Fp's architecture, e.g. an earlier "
+                   "parity model, to continue its training")
     q.add_argument("--ce-weight", type=float, default=0.0,
                    help="add this weight times the cross-entropy of each decoded output against F's top-1 "
                    "(default 0: the reference recipe, MSE on the sum only)")

@@ -242,11 +242,12 @@ def train_parity(
     p_mean, p_std = encoder.normalization(mean, std, k)
     model = models.build(arch, p_mean, p_std, train_x.shape[1:], train_logits.shape[1])
     if init is not None:
-        # Start from F's weights instead of a random init (the reference starts at random).
+        # Start from given weights (F's, or an earlier Fp's to continue training) instead of
+        # a random init (the reference starts at random).
         state = model.state_dict()
         missing = [k for k in state if k not in init]
         if missing:
-            raise ValueError(f"cannot initialize Fp from F: F has no weights {missing} (is Fp's architecture F's?)")
+            raise ValueError(f"cannot initialize Fp: the given model has no weights {missing} (is its architecture Fp's?)")
         model.load_state_dict({k: torch.tensor(np.array(init[k])).reshape(state[k].shape) for k in state})
     x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
     n_groups = len(x) // k

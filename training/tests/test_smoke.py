@@ -108,3 +108,27 @@ def test_bring_your_own_onnx_classifier(tmp_path, mnist):
         assert "--dataset" in str(e)
     else:
         raise AssertionError("a bare ONNX base without --dataset must be refused")
+
+
+def test_continue_training_from_an_earlier_parity_model(tmp_path, mnist):
+    """--init-from starts Fp from an earlier Fp's weights: with a learning rate of 0 the
+    continued model is the earlier one, and its manifest keeps the earlier run's record."""
+    out = tmp_path / "models"
+    assert cli.main(["base", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    assert cli.main(["parity", "--base", str(out / "mnist-mlp.json"), "--epochs", "1", "--limit", "300",
+                     "--out", str(out)]) == 0
+    earlier = json.loads((out / "mnist-mlp-parity-add-k2.json").read_text())
+    again = tmp_path / "again"
+    assert cli.main(["parity", "--base", str(out / "mnist-mlp.json"), "--init-from", str(out / "mnist-mlp-parity-add-k2.onnx"),
+                     "--lr", "0", "--epochs", "1", "--limit", "300", "--out", str(again)]) == 0
+    continued = json.loads((again / "mnist-mlp-parity-add-k2.json").read_text())
+    assert continued["training"]["init"] == "weights of mnist-mlp-parity-add-k2.onnx"
+    assert continued["training"]["continued_from"] == earlier["training"]
+    assert np.allclose(continued["reference"]["outputs"], earlier["reference"]["outputs"], atol=1e-5)
+    try:
+        cli.main(["parity", "--base", str(out / "mnist-mlp.json"), "--init-from-base", "--init-from",
+                  str(out / "mnist-mlp-parity-add-k2.onnx"), "--epochs", "1", "--out", str(tmp_path / "x")])
+    except SystemExit as e:
+        assert "not both" in str(e)
+    else:
+        raise AssertionError("--init-from-base with --init-from must be refused")

@@ -313,7 +313,28 @@ pub async fn create_topics(args: &KafkaArgs, layout: &TopicLayout) -> anyhow::Re
             Err((name, e)) => bail!("creating topic {name}: {e}"),
         }
     }
+    for (name, want) in wanted {
+        wait_for_topic(args, name, want).await?;
+    }
     Ok(())
+}
+
+/// Waits until the broker's metadata shows `topic` with `want` partitions. A topic the
+/// controller has just created can be missing from a broker's metadata for a moment
+/// (seconds on a broker that has only just started), and a service started in that window
+/// would refuse to run.
+async fn wait_for_topic(args: &KafkaArgs, topic: &str, want: i32) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match partition_count(args, topic).await {
+            Ok(have) if have == want => return Ok(()),
+            result if tokio::time::Instant::now() >= deadline => {
+                let seen = result.map(|p| format!("{p} partitions")).unwrap_or_else(|e| format!("{e:#}"));
+                bail!("topic {topic} was created but its metadata still shows {seen} after 30 s, not {want} partitions");
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The number of partitions of a topic (fails if it does not exist).

@@ -56,6 +56,7 @@ pub mod names {
     pub const DEAD_LETTERS: &str = "parm_dead_letters_total";
     /// label `role`: model | parity
     pub const WORKER_QUERIES: &str = "parm_worker_queries_total";
+    /// labels `role`, `reason`: answered | expired
     pub const WORKER_SKIPPED: &str = "parm_worker_skipped_total";
     pub const WORKER_BATCH_SIZE: &str = "parm_worker_batch_size";
     pub const WORKER_INFERENCE_SECONDS: &str = "parm_worker_inference_seconds";

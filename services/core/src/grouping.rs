@@ -122,12 +122,40 @@ pub fn group_id(input_partition: i32, first_offset: i64) -> String {
     format!("p{input_partition}-o{first_offset}")
 }
 
-/// The model-queries partition of member `index` of a group: consecutive partitions
-/// starting from the group's first offset, so the members of a group land on distinct
-/// partitions whenever there are at least k of them, and load spreads evenly.
+/// The model-queries partition of member `index` of a group.
+///
+/// Slots advance through the partitions like a round robin: the group's first offset plus
+/// the member's index, modulo the partition count P. So load spreads evenly, and a group's
+/// k members land on k distinct partitions whenever there are at least k of them. Each
+/// round of P slots then maps slots to partitions through a permutation of its own (seeded
+/// by the round number, so a replay lands where the first run did): a worker's partners
+/// change from round to round. With a fixed pairing (slots straight to partitions), two
+/// workers slowed at the same time would make every group they share unrecoverable for as
+/// long as both are slow, and their backlogs would only grow; with rotating partners, a
+/// slow worker's queries mostly share a group with healthy workers and get reconstructed.
 pub fn member_partition(first_offset: i64, index: usize, partitions: i32) -> i32 {
     let p = partitions.max(1) as u64;
-    ((first_offset as u64).wrapping_add(index as u64) % p) as i32
+    let first = first_offset.max(0) as u64;
+    let position = (first % p + index as u64) % p;
+    round_permutation(first / p, p as usize)[position as usize]
+}
+
+/// A seeded permutation of `0..n` for one round of slots (Fisher-Yates over splitmix64).
+fn round_permutation(round: u64, n: usize) -> Vec<i32> {
+    let mut state = round.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5851_f42d_4c95_7f2d;
+    let mut next = move || {
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut perm: Vec<i32> = (0..n as i32).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        perm.swap(i, j);
+    }
+    perm
 }
 
 /// The partition of the decoder-side topics (manifests, predictions, parity predictions)
@@ -191,7 +219,37 @@ mod tests {
                 assert_eq!(parts.len(), k);
             }
         }
+        for first in 0..500i64 {
+            for p in [2, 3, 12, 13] {
+                for k in 1..=(p as usize).min(8) {
+                    let parts: std::collections::HashSet<i32> = (0..k).map(|i| member_partition(first, i, p)).collect();
+                    assert_eq!(parts.len(), k, "first {first}, k {k}, {p} partitions");
+                    assert!(parts.iter().all(|x| (0..p).contains(x)));
+                }
+            }
+        }
         assert_eq!(group_partition("p0-o1-2", 3), group_partition("p0-o1-2", 3));
         assert!((0..3).contains(&group_partition("p9-o77", 3)));
+    }
+
+    #[test]
+    fn load_is_even_and_partners_rotate() {
+        // k = 2 over 12 partitions, 600 full groups (100 rounds): every partition gets the
+        // same number of members, and each one shares groups with most of the others.
+        let (k, p) = (2usize, 12i32);
+        let mut load = vec![0u32; p as usize];
+        let mut partners = vec![std::collections::HashSet::new(); p as usize];
+        for g in 0..600i64 {
+            let parts: Vec<i32> = (0..k).map(|i| member_partition(g * k as i64, i, p)).collect();
+            for &x in &parts {
+                load[x as usize] += 1;
+            }
+            partners[parts[0] as usize].insert(parts[1]);
+            partners[parts[1] as usize].insert(parts[0]);
+        }
+        assert!(load.iter().all(|&n| n == 100), "{load:?}");
+        assert!(partners.iter().all(|s| s.len() >= 9), "{partners:?}");
+        // The same group lands on the same partitions every time (replays).
+        assert_eq!(member_partition(1234, 1, p), member_partition(1234, 1, p));
     }
 }

@@ -3,8 +3,10 @@
 //! Reads client queries from `parm.queries`, groups every k of them (or fewer after a
 //! linger) with `parm_core::grouping`, and writes:
 //! - each query to `parm.model-queries` the moment it arrives (the linger never delays a
-//!   real prediction), on consecutive partitions so that the members of a group reach
-//!   different model workers;
+//!   real prediction), round-robin over the partitions so that the members of a group
+//!   reach different model workers, with partners that change from round to round
+//!   (`parm_core::grouping::member_partition`): two workers slow at the same time then
+//!   share few groups;
 //! - when the group closes, the parity query P = E(X1..Xk) to `parm.parity-queries` and
 //!   the group manifest to `parm.groups`, so the decoder knows every query and deadline
 //!   even if no prediction ever arrives.

@@ -7,7 +7,7 @@ use parm_common::avro;
 use parm_common::records::{DeadLetter, Query, ResultSource, WireTensor};
 use std::collections::HashMap;
 use std::time::Duration;
-use support::{mnist, top1_of_f, Pipeline};
+use support::{free_port, http_get, mnist, top1_of_f, Pipeline};
 
 fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource) -> usize {
     results.values().filter(|r| r.result.source == source).count()
@@ -64,6 +64,65 @@ async fn a_stopped_model_worker_is_covered_by_reconstructions() {
     late_by.sort_unstable();
     eprintln!("reconstructed {}; answered after the deadline: median {} ms, max {} ms", recon.len(), late_by[late_by.len() / 2], late_by[late_by.len() - 1]);
     assert!(agree as f64 >= 0.9 * recon.len() as f64, "reconstructions agree with F on {agree} of {}", recon.len());
+}
+
+/// The value of a counter summed over the series whose labels contain `labels`, from a
+/// Prometheus text exposition.
+fn counter(exposition: &str, name: &str, labels: &str) -> f64 {
+    exposition
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0 // an empty sum is -0.0
+}
+
+/// With `--skip-answered`, a stalled model worker that resumes drops the queued members
+/// that were reconstructed meanwhile instead of computing them (the paper's cancellation).
+/// The hard deadline is far away, so nothing is skipped for having expired. The worker
+/// learns what is answered from its own reader of the results topic, which needs a fetch
+/// after the stall too: the stalled worker takes batches of one query and 100 ms per query
+/// (as a slow worker would), so the reader catches up within its first few queries, and
+/// those few may be computed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_worker_skips_the_members_already_reconstructed() {
+    // Queries the resumed worker may compute before its results reader has caught up.
+    const CAUGHT_UP_WITHIN: usize = 3;
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{port}");
+    let mut p = Pipeline::start("skip", 2, 1, |s| {
+        s.encoder_args.extend(["--hard-deadline-ms".to_string(), "60000".to_string()]);
+        s.model_worker_args.push("--skip-answered".into());
+        s.per_model_worker_args.push((0, vec!["--metrics-addr".into(), metrics.clone(), "--delay-fixed-ms".into(), "100".into(), "--max-batch".into(), "1".into()]));
+    })
+    .await;
+    p.deployment.signal("model-worker-0", "STOP").unwrap();
+    let sent = p.send("s", 0..30, 20.0, Some(300)).await;
+    let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
+    let recon = count(&results, ResultSource::Reconstructed);
+    assert!(recon >= 8, "expected the stopped worker's members to be reconstructed, got {recon} of {}", results.len());
+    p.deployment.signal("model-worker-0", "CONT").unwrap();
+
+    // The resumed worker reads the results topic, then its backlog: every reconstructed
+    // member in it is skipped. Poll its metrics until they say so (or give up).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    let (mut answered, mut expired) = (0.0, 0.0);
+    while std::time::Instant::now() < until {
+        if let Ok((200, body)) = tokio::task::block_in_place(|| http_get(&metrics, "/metrics")) {
+            answered = counter(&body, "parm_worker_skipped_total", "reason=\"answered\"");
+            expired = counter(&body, "parm_worker_skipped_total", "reason=\"expired\"");
+            if answered >= (recon - CAUGHT_UP_WITHIN) as f64 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("reconstructed {recon}; the resumed worker skipped {answered} as answered, {expired} as expired");
+    assert!(
+        answered >= (recon - CAUGHT_UP_WITHIN) as f64,
+        "the resumed worker skipped {answered} answered members, but {recon} were reconstructed"
+    );
+    assert_eq!(expired, 0.0, "nothing was past its hard deadline");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ use parm_core::Tensor;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -121,15 +123,32 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     Ok(())
 }
 
-/// A consumer of the results topic in a group of its own, from the end: it only learns
-/// what is answered from now on, and commits nothing that matters.
+/// A reader of the results topic from its current end: it only learns what is answered
+/// from now on. Its partitions are assigned by hand at their high watermarks, read before
+/// the worker takes any query, so nothing answered after that can be missed (a consumer
+/// group joining "from the latest offset" would settle its position only after the join,
+/// and a worker stalled meanwhile would miss what was answered during the stall).
 fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<StreamConsumer<ParmContext>> {
     let mut kafka = args.common.kafka.clone();
-    kafka.kafka_set.push(("auto.offset.reset".into(), "latest".into()));
     kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
     let group = format!("{}-answered-{}", kafka.topic_prefix, std::process::id());
     let (reader, _) = kafka.consumer(&group)?;
-    reader.subscribe(&[&topics.results])?;
+    let timeout = Duration::from_secs(10);
+    let metadata = reader
+        .fetch_metadata(Some(&topics.results), timeout)
+        .with_context(|| format!("reading the partitions of {}", topics.results))?;
+    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+    if partitions == 0 {
+        anyhow::bail!("topic {} does not exist: create the topics first with `parm topics create`", topics.results);
+    }
+    let mut from_end = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        let (_, high) = reader
+            .fetch_watermarks(&topics.results, p, timeout)
+            .with_context(|| format!("reading the end of {}[{p}]", topics.results))?;
+        from_end.add_partition_offset(&topics.results, p, Offset::Offset(high))?;
+    }
+    reader.assign(&from_end)?;
     Ok(reader)
 }
 
@@ -159,6 +178,19 @@ impl Worker {
         }
     }
 
+    /// Why this item needs no work, if it does not: "answered" (its result is already out:
+    /// reconstructed, answered by a faster copy, or UNAVAILABLE) or "expired" (past its
+    /// hard deadline, so the decoder has answered or will answer it UNAVAILABLE).
+    fn skip_reason(&self, item: &Item, now: i64) -> Option<&'static str> {
+        if self.already_answered(item) {
+            Some("answered")
+        } else if self.skip_expired && item.hard_deadline_at < now {
+            Some("expired")
+        } else {
+            None
+        }
+    }
+
     async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
         self.catch_up_answered();
         let now = now_ms() as i64;
@@ -167,11 +199,13 @@ impl Worker {
             let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
             self.outbox.tracker.hold(origin);
             match self.decode(msg, origin) {
-                Ok(item) if (self.skip_expired && item.hard_deadline_at < now) || self.already_answered(&item) => {
-                    metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str()).increment(1);
-                    self.outbox.tracker.release(origin);
-                }
-                Ok(item) => items.push(item),
+                Ok(item) => match self.skip_reason(&item, now) {
+                    Some(reason) => {
+                        metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str(), "reason" => reason).increment(1);
+                        self.outbox.tracker.release(origin);
+                    }
+                    None => items.push(item),
+                },
                 Err((id, reason)) => {
                     let letter = dead_letter::for_message(self.service(), msg, id, reason);
                     let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
