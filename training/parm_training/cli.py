@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parm_training import data, encoders, export, train
+from parm_training import data, encoders, export, models, train
 from parm_training.idx import write_idx
 
 VALIDATION_SIZE = 5000
@@ -167,6 +167,9 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
         arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
         ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
         init=_initial_weights(args, base_path.parent / base["file"]),
+        augment_shift=args.augment_shift,
+        partial_fraction=args.partial_groups,
+        base=_base_module(base, base_path.parent / base["file"], ds) if args.augment_shift else None,
     )
 
     name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
@@ -187,6 +190,11 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
         else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
     )
     info["init"] = _init_description(args)
+    if args.partial_groups:
+        info["partial_groups"] = args.partial_groups
+    if args.augment_shift:
+        info["augmentation"] = f"each member moved by up to {args.augment_shift} px; F's logits on the moved images"
+
     if args.init_from:
         previous = Path(args.init_from).with_suffix(".json")
         if previous.is_file():
@@ -216,6 +224,7 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
             "reconstruction_top1": round(d.reconstruction_top1, 6),
             "agreement_with_base": round(d.agreement_with_base, 6),
             "base_top1": round(d.base_top1, 6),
+            "partial_agreement_with_base": round(train.degraded_partial(encoder, args.k, fp, test_x, test_logits, groups), 6),
         },
         # groups: the test-set indices of the members of each reference input, so another
         # implementation of the encoder can check that it builds the same parity inputs.
@@ -244,6 +253,24 @@ def _initial_weights(args: argparse.Namespace, base_onnx: Path) -> dict | None:
             raise SystemExit(f"--init-from {path}: no such file (give an ONNX file of Fp's architecture, e.g. an earlier parity model)")
         return export.onnx_weights(path)
     return None
+
+
+def _base_module(base: dict, onnx_path: Path, ds: data.Dataset) -> torch.nn.Module:
+    """F as a PyTorch module with the weights of its ONNX file (for targets computed live)."""
+    arch = base.get("training", {}).get("arch")
+    if not arch:
+        raise SystemExit(f"--augment-shift needs F in PyTorch, but {base['name']}'s manifest names no architecture (a bring-your-own ONNX base)")
+    norm = base["normalization"]
+    f = models.build(arch, norm["mean"], norm["std"], ds.input_shape, ds.num_classes)
+    weights = export.onnx_weights(onnx_path)
+    state = f.state_dict()
+    f.load_state_dict({k: torch.tensor(np.array(weights[k])).reshape(state[k].shape) for k in state})
+    # The PyTorch copy must be the served model: compare them on a few test images.
+    sample = ds.test.floats()[:64]
+    worst = float(np.abs(train.predict_torch(f, sample) - export.OnnxModel(onnx_path)(sample)).max())
+    if worst > export.TOLERANCE:
+        raise SystemExit(f"F rebuilt in PyTorch differs from {onnx_path.name} by {worst:.3g}: cannot compute targets live")
+    return f
 
 
 def _init_description(args: argparse.Namespace) -> str:
@@ -324,6 +351,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--init-from", metavar="ONNX",
                    help="start Fp from the weights of this ONNX file of Fp's architecture, e.g. an earlier "
                    "parity model, to continue its training")
+    q.add_argument("--partial-groups", type=float, default=0.0, metavar="FRACTION",
+                   help="make this fraction of the training groups partial (first m < k members, zeros "
+                   "elsewhere, target the present members' sum), as the encoder's linger closes them (default 0)")
+    q.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
+                   help="move each training image by up to this many pixels before encoding, with F's "
+                   "logits computed on the moved images (needs F's architecture in its manifest; default 0)")
     q.add_argument("--ce-weight", type=float, default=0.0,
                    help="add this weight times the cross-entropy of each decoded output against F's top-1 "
                    "(default 0: the reference recipe, MSE on the sum only)")

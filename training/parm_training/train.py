@@ -205,6 +205,47 @@ def degraded(
     return Degraded(float((decoded == truth).mean()), agreement, float((base_top == truth).mean()), len(groups), decoded.size)
 
 
+def partial_mask(n: int, k: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
+    """[n, k] booleans: which members of each group are present. About `fraction` of the
+    groups keep only their first m members, m uniform in 1..k-1; the rest are full."""
+    partial = torch.rand(n, generator=gen) < fraction
+    m = torch.randint(1, max(k, 2), (n,), generator=gen)
+    sizes = torch.where(partial, m, torch.full_like(m, k))
+    return torch.arange(k)[None, :] < sizes[:, None]
+
+
+def degraded_partial(encoder: enc.Encoder, k: int, parity_predict: Predict, x: np.ndarray,
+                     base_logits: np.ndarray, groups: np.ndarray) -> float:
+    """Agreement with F's top-1 of reconstructions in partial groups: for each m in 1..k-1,
+    the first m members of every group with zeros in the other slots (as the encoder pads a
+    group closed by its linger), each present member erased in turn."""
+    agree, total = 0, 0
+    for m in range(1, k):
+        images = x[groups].copy()
+        images[:, m:] = 0.0
+        parity_out = torch.as_tensor(parity_predict(encoder.encode(torch.as_tensor(images)).numpy()))
+        member_out = torch.as_tensor(base_logits[groups[:, :m]])  # [n, m, C]
+        decoded = enc.decode(parity_out, member_out).argmax(-1).numpy()
+        agree += int((decoded == base_logits.argmax(-1)[groups[:, :m]]).sum())
+        total += decoded.size
+    return agree / total if total else float("nan")
+
+
+def shift_images(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> torch.Tensor:
+    """[n, C, H, W] images, each moved by its own random (dy, dx) in [-max_shift, max_shift]
+    whole pixels; what moves in from outside is 0 (background)."""
+    n, _, h, w = images.shape
+    m = max_shift
+    padded = nnf.pad(images, (m, m, m, m))
+    dy = torch.randint(0, 2 * m + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * m + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # [n, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # [n, 1, 1, W]
+    batch = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(images.shape[1])[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
 def default_parity_batch(k: int) -> int:
     return 64 if k <= 2 else 32
 
@@ -224,6 +265,9 @@ def train_parity(
     max_seconds: float | None = None,
     ce_weight: float = 0.0,
     init: dict[str, np.ndarray] | None = None,
+    augment_shift: int = 0,
+    base: nn.Module | None = None,
+    partial_fraction: float = 0.0,
 ) -> Trained:
     """Trains Fp for (encoder, k) against F's cached logits; F itself is never touched.
 
@@ -234,6 +278,19 @@ def train_parity(
 
     Groups are redrawn every epoch (a fresh permutation of the training examples), so Fp
     sees many different sums; validation groups are fixed so epochs compare fairly.
+
+    augment_shift > 0 moves every member image of a training group by a random whole
+    number of pixels, up to that many in each direction, before it is encoded; the targets
+    are then F's logits on the moved images, so F (`base`, frozen, in PyTorch) runs on each
+    minibatch instead of from the cache. Fp then never sees the same sum twice, against
+    the overfitting of long runs (its training loss falls while validation stalls).
+
+    partial_fraction > 0 makes that fraction of the training groups partial, as the encoder
+    closes a group early after its linger: only the first m members (m uniform in 1..k-1)
+    are present, the other slots are zero images, and the target is the sum of F over the
+    present members only, which is what the decoder subtracts from. Without it, Fp has
+    never seen a zero slot and its output for a partial group carries a spurious term.
+
     The reference uses 64 groups per minibatch for k = 2 and 32 for k >= 3: the caller
     sets hyper.batch_size (see default_parity_batch).
     """
@@ -262,14 +319,39 @@ def train_parity(
 
     f_top1 = t.argmax(dim=1)
 
+    if augment_shift > 0:
+        if base is None:
+            raise ValueError("augment_shift needs F as a PyTorch module (base) to compute targets on the moved images")
+        base.eval()
+        for p in base.parameters():
+            p.requires_grad_(False)
+    shift_gen = torch.Generator().manual_seed(hyper.seed + 3)
+    partial_gen = torch.Generator().manual_seed(hyper.seed + 4)
+
     def step(idx: torch.Tensor) -> torch.Tensor:
         groups = epoch_groups[idx]
-        members = t[groups]  # [n, k, C]
-        out = model(encoder.encode(x[groups]))
+        images = x[groups]  # [n, k, C, H, W]
+        if augment_shift > 0:
+            n, kk = images.shape[:2]
+            moved = shift_images(images.reshape(n * kk, *images.shape[2:]), augment_shift, shift_gen)
+            with torch.no_grad():
+                flat = base(moved)
+            images = moved.reshape(images.shape)
+            members = flat.reshape(n, kk, -1)
+            top1 = members.argmax(dim=-1)
+        else:
+            members = t[groups]  # [n, k, C]
+            top1 = f_top1[groups]
+        present = torch.ones(top1.shape, dtype=torch.bool)  # [n, k]
+        if partial_fraction > 0:
+            present = partial_mask(len(groups), k, partial_fraction, partial_gen)
+            images = images * present[:, :, None, None, None]
+            members = members * present[:, :, None]
+        out = model(encoder.encode(images))
         loss = loss_fn(out, members.sum(dim=1))
         if ce_weight > 0:
             decoded = enc.decode(out, members)  # [n, k, C]
-            loss = loss + ce_weight * nnf.cross_entropy(decoded.reshape(-1, decoded.shape[-1]), f_top1[groups].reshape(-1))
+            loss = loss + ce_weight * nnf.cross_entropy(decoded[present], top1[present])
         return loss
 
     val_groups = make_groups(len(val_x), k, hyper.seed + 2)

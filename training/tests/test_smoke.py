@@ -20,7 +20,7 @@ def test_base_and_parity_end_to_end(tmp_path, mnist):
     assert parity["role"] == "parity" and parity["base"] == "mnist-mlp"
     assert (parity["k"], parity["encoder"]) == (2, "addition")
     assert parity["input_range"] == [0.0, 2.0]
-    assert set(parity["accuracy"]) == {"reconstruction_top1", "agreement_with_base", "base_top1"}
+    assert set(parity["accuracy"]) == {"reconstruction_top1", "agreement_with_base", "base_top1", "partial_agreement_with_base"}
     assert parity["accuracy"]["base_top1"] == base["accuracy"]["test_top1"]
     for m in (base, parity):
         assert m["input_shape"] == [1, 28, 28] and m["output_size"] == 10
@@ -132,3 +132,51 @@ def test_continue_training_from_an_earlier_parity_model(tmp_path, mnist):
         assert "not both" in str(e)
     else:
         raise AssertionError("--init-from-base with --init-from must be refused")
+
+
+def test_shift_augmentation_moves_images_and_trains(tmp_path, mnist):
+    """--augment-shift: images move by whole pixels (nothing else changes), and a parity
+    model trains with F's targets computed live on the moved images."""
+    import torch
+
+    from parm_training import train
+
+    img = torch.zeros(3, 1, 6, 6)
+    img[:, 0, 2, 3] = 1.0
+    moved = train.shift_images(img, 1, torch.Generator().manual_seed(0))
+    assert moved.shape == img.shape and torch.all(moved.sum(dim=(1, 2, 3)) == 1.0)
+    ys, xs = torch.nonzero(moved[:, 0], as_tuple=True)[1:]
+    assert torch.all((ys - 2).abs() <= 1) and torch.all((xs - 3).abs() <= 1)
+
+    out = tmp_path / "models"
+    assert cli.main(["base", "--arch", "lenet", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    assert cli.main(["parity", "--base", str(out / "mnist-lenet.json"), "--init-from-base", "--ce-weight", "10",
+                     "--augment-shift", "2", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    parity = json.loads((out / "mnist-lenet-parity-add-k2.json").read_text())
+    assert "2 px" in parity["training"]["augmentation"]
+    assert export.check_manifest(out / "mnist-lenet-parity-add-k2.json") < export.TOLERANCE
+
+
+def test_partial_groups_mask_trailing_members_and_train():
+    """--partial-groups: a fraction of the groups keep only their first m < k members, the
+    decoder's view of a group closed early; Fp trains on them with the present members' sum."""
+    import torch
+
+    from parm_training import encoders, train
+
+    mask = train.partial_mask(4000, 4, 0.5, torch.Generator().manual_seed(0))
+    sizes = mask.sum(dim=1)
+    # Present members are always a prefix: no gap before a present one.
+    assert torch.equal(mask, torch.arange(4)[None, :] < sizes[:, None])
+    assert 0.45 < float((sizes < 4).float().mean()) < 0.55 and int(sizes.min()) == 1
+    assert torch.all(train.partial_mask(100, 2, 0.0, torch.Generator()).all(dim=1))
+
+    rng = np.random.default_rng(0)
+    x = rng.random((400, 1, 28, 28), dtype=np.float32)
+    logits = rng.normal(size=(400, 10)).astype(np.float32)
+    trained = train.train_parity("mlp", encoders.get("addition"), 2, x[:300], logits[:300], x[300:], logits[300:],
+                                 0.1307, 0.3081, 1, partial_fraction=0.3)
+    groups = train.make_groups(100, 2, 0)
+    agreement = train.degraded_partial(encoders.get("addition"), 2, lambda p: train.predict_torch(trained.model, p),
+                                       x[300:], logits[300:], groups)
+    assert 0.0 <= agreement <= 1.0
