@@ -28,7 +28,7 @@ fn encoder_group(builder: &mut GroupBuilder<(Query, Tensor)>, inputs: &[Vec<u8>]
         let q: Query = decode(raw).unwrap();
         let t = q.tensor.to_tensor().unwrap();
         t.expect_shape(&[1, 28, 28]).unwrap();
-        if let (_, Some(g)) = builder.push(0, first_offset + i as i64, (q, t), 0) {
+        if let Some(g) = builder.push(0, first_offset + i as i64, (q, t), 0) {
             let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.1).collect();
             let parity = ParityEncoder::Addition.encode(K, &tensors).unwrap();
             let dp = group_partition(&g.id, 2);

@@ -152,32 +152,23 @@ pub async fn run_one(
     let kafka_flags: Vec<String> = spec.kafka.set.iter().flat_map(|kv| ["--kafka-set".to_string(), kv.clone()]).collect();
     let mut d = DeploymentSpec::new(env.brokers, &prefix, model_workers, parity_workers);
     d.log_dir = env.log_dir.join(spec.label());
-    d.encoder_args = vec![
-        "--parity-model".into(),
-        encoder_plan,
-        "--deadline-ms".into(),
-        svc.deadline_ms.to_string(),
-        "--hard-deadline-ms".into(),
-        svc.hard_deadline_ms.to_string(),
-        "--linger-ms".into(),
-        svc.linger_ms.to_string(),
-    ];
+    d.encoder_args = flags([
+        ("--parity-model", encoder_plan),
+        ("--deadline-ms", svc.deadline_ms.to_string()),
+        ("--hard-deadline-ms", svc.hard_deadline_ms.to_string()),
+        ("--linger-ms", svc.linger_ms.to_string()),
+    ]);
     if !spec.mode.has_parity() {
         d.encoder_args.push("--no-parity".into());
     }
     let worker = |model: &str| -> Vec<String> {
-        vec![
-            "--model".into(),
-            model.to_string(),
-            "--max-batch".into(),
-            svc.max_batch.to_string(),
-            "--max-wait-ms".into(),
-            svc.max_wait_ms.to_string(),
-            "--delay-fixed-ms".into(),
-            svc.synthetic_ms.to_string(),
-            "--delay-exp-ms".into(),
-            svc.synthetic_exp_ms.to_string(),
-        ]
+        flags([
+            ("--model", model.to_string()),
+            ("--max-batch", svc.max_batch.to_string()),
+            ("--max-wait-ms", svc.max_wait_ms.to_string()),
+            ("--delay-fixed-ms", svc.synthetic_ms.to_string()),
+            ("--delay-exp-ms", svc.synthetic_exp_ms.to_string()),
+        ])
     };
     d.model_worker_args = worker(&svc.model);
     d.parity_worker_args = worker(&parity_model);
@@ -192,16 +183,12 @@ pub async fn run_one(
         if c.episode_rate <= 0.0 {
             return vec![];
         }
-        vec![
-            "--slow-episode-rate".into(),
-            c.episode_rate.to_string(),
-            "--slow-episode-ms".into(),
-            c.episode_ms.to_string(),
-            "--slow-extra-ms".into(),
-            c.episode_extra_ms.to_string(),
-            "--delay-seed".into(),
-            seed.to_string(),
-        ]
+        flags([
+            ("--slow-episode-rate", c.episode_rate.to_string()),
+            ("--slow-episode-ms", c.episode_ms.to_string()),
+            ("--slow-extra-ms", c.episode_extra_ms.to_string()),
+            ("--delay-seed", seed.to_string()),
+        ])
     };
     d.per_model_worker_args = (0..model_workers).map(|i| (i, episodes(scn.seed * 1000 + i as u64))).collect();
     d.per_parity_worker_args = (0..parity_workers).map(|i| (i, episodes(scn.seed * 1000 + 500 + i as u64))).collect();
@@ -262,6 +249,11 @@ pub async fn run_one(
         wall_s: started.elapsed().as_secs_f64(),
         cdf: cdf_points(&hist),
     })
+}
+
+/// Command-line flags from (flag, value) pairs.
+fn flags<const N: usize>(pairs: [(&str, String); N]) -> Vec<String> {
+    pairs.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
 }
 
 /// Every result the client received, one row each, beside the services' logs: for looking

@@ -9,15 +9,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
 
-/// The broker the integration tests use (`scripts/test` starts one and sets
-/// `PARM_TEST_BROKERS`), else the local one, started if needed.
-fn brokers() -> String {
-    match std::env::var("PARM_TEST_BROKERS") {
-        Ok(b) if !b.is_empty() => b,
-        _ => parm::broker::start_local().expect("starting the local Kafka broker with scripts/kafka-local"),
-    }
-}
-
 /// `parm` next to this test's own build output (built by `cargo test --workspace`).
 fn parm_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's path");
@@ -34,7 +25,7 @@ fn the_smoke_scenario_runs_every_mode_and_writes_its_results() {
     let bench = Command::new(env!("CARGO_BIN_EXE_bench"))
         .current_dir(&root)
         .arg("benchmarks/scenarios/smoke.toml")
-        .args(["--brokers", &brokers()])
+        .args(["--brokers", &parm::broker::for_tests().expect("starting the local Kafka broker with scripts/kafka-local")])
         .arg("--parm-bin")
         .arg(parm_binary())
         .arg("--out")

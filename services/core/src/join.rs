@@ -175,6 +175,14 @@ struct Group<M> {
     no_parity: bool,
 }
 
+impl<M> Group<M> {
+    /// Whether a parity output can decode this group: one was sent, and for this very
+    /// grouping.
+    fn decodable(&self) -> bool {
+        !self.conflicted && !self.no_parity
+    }
+}
+
 /// Predictions that arrived before their manifest; the real ones are already answered.
 #[derive(Debug)]
 struct Waiting {
@@ -365,7 +373,7 @@ impl<M: Clone> Join<M> {
                 return;
             }
             // Only a parity of this very grouping can decode it.
-            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && !g.conflicted && !g.no_parity => g.parity = Some(output),
+            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && g.decodable() => g.parity = Some(output),
             _ => {
                 self.offsets.observe(origin);
                 return;
@@ -442,43 +450,34 @@ impl<M: Clone> Join<M> {
                 if timed && now >= w.expires_at {
                     let inputs = w.outputs.len() + usize::from(w.parity.is_some());
                     self.events.push_back(Event::Expired { group_id: id.to_string(), inputs });
+                    // Some queries were answered: a straggling manifest must not answer
+                    // them again.
                     if w.answered.is_empty() {
-                        None
+                        Next::Drop
                     } else {
-                        // Some queries were answered: a straggling manifest must not
-                        // answer them again.
-                        let until = now + self.config.late_linger_ms;
-                        entry.state = State::Done { until };
-                        for o in entry.origins.drain(..) {
-                            self.offsets.release(o);
-                        }
-                        Some(until)
+                        Next::Finish(now + self.config.late_linger_ms)
                     }
                 } else {
-                    Some(w.expires_at)
+                    Next::Wake(w.expires_at)
                 }
             }
             State::Open(g) => {
                 decide(g, id, &self.config, &self.lagging, now, timed, &mut self.events, &mut newly_lagging);
                 match next_wakeup(g, &self.config, &self.lagging, now) {
-                    Some(t) => Some(t),
-                    None => {
-                        let until = drop_at(g, &self.config, now);
-                        (now < until).then(|| {
-                            entry.state = State::Done { until };
-                            for o in entry.origins.drain(..) {
-                                self.offsets.release(o);
-                            }
-                            until
-                        })
-                    }
+                    Some(t) => Next::Wake(t),
+                    None => match drop_at(g, &self.config, now) {
+                        until if now < until => Next::Finish(until),
+                        _ => Next::Drop,
+                    },
                 }
             }
-            State::Done { until } => (now < *until).then_some(*until),
+            State::Done { until } if now < *until => Next::Wake(*until),
+            State::Done { .. } => Next::Drop,
         };
         match next {
-            Some(t) => self.set_timer(id, t),
-            None => self.remove(id),
+            Next::Wake(t) => self.set_timer(id, t),
+            Next::Finish(until) => self.finish(id, until),
+            Next::Drop => self.remove(id),
         }
         for p in newly_lagging {
             if self.lagging.insert(p) {
@@ -515,6 +514,18 @@ impl<M: Clone> Join<M> {
         self.timers.insert((t, id.to_string()));
     }
 
+    /// Releases a finished group's inputs but remembers its id until `until`, so that a
+    /// replayed duplicate is not answered again.
+    fn finish(&mut self, id: &str, until: u64) {
+        if let Some(entry) = self.entries.get_mut(id) {
+            entry.state = State::Done { until };
+            for o in entry.origins.drain(..) {
+                self.offsets.release(o);
+            }
+        }
+        self.set_timer(id, until);
+    }
+
     fn remove(&mut self, id: &str) {
         if let Some(e) = self.entries.remove(id) {
             if let Some(t) = e.timer {
@@ -525,6 +536,16 @@ impl<M: Clone> Join<M> {
             }
         }
     }
+}
+
+/// What a group needs after [`Join::advance`].
+enum Next {
+    /// Attention again at this time.
+    Wake(u64),
+    /// Finished: forget its inputs, remember its id until this time.
+    Finish(u64),
+    /// Forget it entirely.
+    Drop,
 }
 
 fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
@@ -586,7 +607,7 @@ fn decide<M: Clone>(
 
 /// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
 fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
-    if g.conflicted || g.no_parity {
+    if !g.decodable() {
         return None;
     }
     let parity = g.parity.as_ref()?;
@@ -608,7 +629,7 @@ fn drop_at<M>(g: &Group<M>, config: &JoinConfig, now: u64) -> u64 {
 /// When the group next needs attention, or `None` when it is finished.
 fn next_wakeup<M>(g: &Group<M>, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
     let drop_at = drop_at(g, config, now);
-    let everything_in = (g.parity.is_some() || g.conflicted || g.no_parity) && g.members.iter().all(|m| m.output.is_some());
+    let everything_in = (g.parity.is_some() || !g.decodable()) && g.members.iter().all(|m| m.output.is_some());
     let all_answered = g.members.iter().all(|m| m.answered.is_some());
     if all_answered && (everything_in || now >= drop_at) {
         return None;

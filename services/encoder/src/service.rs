@@ -9,7 +9,7 @@ use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery,
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::{avro, dead_letter, now_ms};
-use parm_core::grouping::{group_partition, member_partition, ClosedGroup, GroupBuilder};
+use parm_core::grouping::{group_partition, ClosedGroup, GroupBuilder, MemberPartitions};
 use parm_core::offsets::{OffsetTracker, Origin};
 use parm_core::Tensor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -39,7 +39,8 @@ struct Encoder {
     plan: CodingPlan,
     topics: Topics,
     producer: FutureProducer,
-    model_partitions: i32,
+    /// Where each member goes among the model partitions (cached per round).
+    member_partitions: MemberPartitions,
     parity_partitions: i32,
     decoder_partitions: i32,
     builder: GroupBuilder<Accepted>,
@@ -73,7 +74,7 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         plan,
         topics,
         producer,
-        model_partitions,
+        member_partitions: MemberPartitions::new(model_partitions),
         parity_partitions,
         decoder_partitions,
         outbox: Outbox::new(),
@@ -140,7 +141,7 @@ impl Encoder {
             Ok((query, tensor)) => {
                 metrics::counter!(names::ENCODER_QUERIES).increment(1);
                 let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, received_at, origin, cx).await?;
-                if let (_, Some(g)) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
+                if let Some(g) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
                     self.send_group(g).await?;
                 }
             }
@@ -186,7 +187,7 @@ impl Encoder {
         let budget = query.deadline_ms.map_or(self.args.deadline_ms, |d| d as u64);
         let deadline_at = (received_at + budget) as i64;
         let hard_deadline_at = (received_at + self.args.hard_deadline_ms.max(budget)) as i64;
-        let model_partition = member_partition(slot.first_offset, slot.index, self.model_partitions);
+        let model_partition = self.member_partitions.get(slot.first_offset, slot.index);
         let send_cx = telemetry::send_span(SERVICE, &self.topics.model_queries, Some(model_partition), &query.id, &cx, vec![]);
         let record = MemberQuery {
             query_id: query.id.clone(),

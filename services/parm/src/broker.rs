@@ -34,3 +34,12 @@ pub fn start_local() -> anyhow::Result<String> {
         .map(|l| l.trim().to_string())
         .context("scripts/kafka-local start printed no bootstrap address")
 }
+
+/// The broker the tests use: `PARM_TEST_BROKERS` (`scripts/test` starts one and sets it),
+/// else the local one, started if needed.
+pub fn for_tests() -> anyhow::Result<String> {
+    match std::env::var("PARM_TEST_BROKERS") {
+        Ok(b) if !b.is_empty() => Ok(b),
+        _ => start_local(),
+    }
+}

@@ -192,7 +192,7 @@ pub async fn run_schedule(
     // Shared by the sender and the collector, which run on one task (tokio::join!), and
     // never borrowed across an await.
     let answered: RefCell<HashSet<usize>> = RefCell::new(HashSet::new());
-    let latencies = RefCell::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds"));
+    let latencies = RefCell::new(crate::report::latency_histogram());
     let sending_done = std::cell::Cell::new(false);
     let sent_count = std::cell::Cell::new(0usize);
     let hedges = std::cell::Cell::new(0usize);
@@ -200,6 +200,8 @@ pub async fn run_schedule(
 
     let sender = async {
         let mut deliveries = Vec::with_capacity(queries.len());
+        // Acknowledgements are awaited off the send loop, all at the end.
+        let watch = |f| tokio::spawn(async move { kafka::delivered(f, "the queries topic").await });
         // (due µs, query index) of hedge checks.
         let mut checks: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::new();
         let mut next = 0usize;
@@ -215,7 +217,7 @@ pub async fn run_schedule(
                 let (id, tensor) = &queries[next];
                 let (f, _) = client.enqueue(id, tensor, load.deadline_ms).await?;
                 max_lag.set(max_lag.get().max(now_us().saturating_sub(due)));
-                deliveries.push(tokio::spawn(async move { kafka::delivered(f, "the queries topic").await }));
+                deliveries.push(watch(f));
                 if let Some(h) = &load.hedge {
                     let delay = match h.after {
                         HedgeDelay::Fixed(d) => d,
@@ -234,7 +236,7 @@ pub async fn run_schedule(
                 if !answered.borrow().contains(&i) && within_budget {
                     let (id, tensor) = &queries[i];
                     let (f, _) = client.enqueue(&format!("{id}{HEDGE_SUFFIX}"), tensor, load.deadline_ms).await?;
-                    deliveries.push(tokio::spawn(async move { kafka::delivered(f, "the queries topic").await }));
+                    deliveries.push(watch(f));
                     hedges.set(hedges.get() + 1);
                 }
             }

@@ -7,6 +7,12 @@ use parm_common::records::ResultSource;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
 
+/// An empty histogram of client-observed latencies: µs, from 1 µs to 10 minutes, three
+/// significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds")
+}
+
 /// The summary of one run; `--json` prints it as one line.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Report {
@@ -44,7 +50,7 @@ impl Report {
     /// a query is its answer; a second answer to the same copy (original or hedge) counts
     /// as a duplicate.
     pub fn with_histogram(scheduled: &HashMap<String, u64>, received: &[Received], labels: &HashMap<String, u8>) -> (Self, Histogram<u64>) {
-        let mut hist = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).expect("histogram bounds");
+        let mut hist = latency_histogram();
         let mut first: HashMap<&str, &Received> = HashMap::new();
         let mut copies: HashSet<(&str, bool)> = HashSet::new();
         let mut duplicates = 0;

@@ -158,12 +158,7 @@ async fn two_decoders_answer_every_query_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decoder_killed_mid_stream_leaves_no_query_without_a_result() {
     let mut p = Pipeline::start("deckill", 2, 1, |_| {}).await;
-    let first = p.send("a", 0..40, 40.0, None).await;
-    p.deployment.kill("decoder-0").unwrap();
-    let second = p.send("b", 40..80, 40.0, None).await;
-    p.deployment.restart("decoder-0").unwrap();
-    let mut all = first.clone();
-    all.extend(second);
+    let (first, all) = p.send_across_a_crash("decoder-0", 0..40, 40..80, 40.0).await;
     let (results, duplicates) = p.results_for(&all, Duration::from_secs(90)).await;
     eprintln!(
         "after a decoder crash: {} results, {duplicates} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
@@ -210,12 +205,7 @@ async fn bad_input_goes_to_dead_letters_and_everything_else_is_answered() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_encoder_killed_mid_stream_leaves_no_query_without_a_result() {
     let mut p = Pipeline::start("enckill", 2, 1, |s| s.encoder_args = vec!["--linger-ms".into(), "20".into()]).await;
-    let first = p.send("a", 0..30, 40.0, None).await;
-    p.deployment.kill("encoder").unwrap();
-    let second = p.send("b", 30..60, 40.0, None).await;
-    p.deployment.restart("encoder").unwrap();
-    let mut all = first.clone();
-    all.extend(second);
+    let (_, all) = p.send_across_a_crash("encoder", 0..30, 30..60, 40.0).await;
     let (results, duplicates) = p.results_for(&all, Duration::from_secs(90)).await;
     eprintln!("after an encoder crash: {} results, {duplicates} duplicates", results.len());
     assert_eq!(count(&results, ResultSource::Unavailable), 0, "the replayed queries are served");

@@ -76,7 +76,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let group = args.group_name(role);
     let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
-    let answered = if args.skip_answered { Some((results_reader(&args, &topics)?, Answered::new(60_000))) } else { None };
+    let answered = if args.skip_answered { Some((results_reader(&args, &topics).await?, Answered::new(60_000))) } else { None };
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -128,23 +128,16 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
 /// the worker takes any query, so nothing answered after that can be missed (a consumer
 /// group joining "from the latest offset" would settle its position only after the join,
 /// and a worker stalled meanwhile would miss what was answered during the stall).
-fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<StreamConsumer<ParmContext>> {
+async fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<StreamConsumer<ParmContext>> {
+    let partitions = kafka::partition_count(&args.common.kafka, &topics.results).await?;
     let mut kafka = args.common.kafka.clone();
     kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
     let group = format!("{}-answered-{}", kafka.topic_prefix, std::process::id());
     let (reader, _) = kafka.consumer(&group)?;
-    let timeout = Duration::from_secs(10);
-    let metadata = reader
-        .fetch_metadata(Some(&topics.results), timeout)
-        .with_context(|| format!("reading the partitions of {}", topics.results))?;
-    let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
-    if partitions == 0 {
-        anyhow::bail!("topic {} does not exist: create the topics first with `parm topics create`", topics.results);
-    }
     let mut from_end = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
+    for p in 0..partitions {
         let (_, high) = reader
-            .fetch_watermarks(&topics.results, p, timeout)
+            .fetch_watermarks(&topics.results, p, Duration::from_secs(10))
             .with_context(|| format!("reading the end of {}[{p}]", topics.results))?;
         from_end.add_partition_offset(&topics.results, p, Offset::Offset(high))?;
     }

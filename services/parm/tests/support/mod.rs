@@ -22,12 +22,7 @@ use std::time::Duration;
 /// The broker every test uses.
 pub fn brokers() -> String {
     static BROKERS: OnceLock<String> = OnceLock::new();
-    BROKERS
-        .get_or_init(|| match std::env::var("PARM_TEST_BROKERS") {
-            Ok(b) if !b.is_empty() => b,
-            _ => parm::broker::start_local().expect("starting the local Kafka broker with scripts/kafka-local"),
-        })
-        .clone()
+    BROKERS.get_or_init(|| parm::broker::for_tests().expect("starting the local Kafka broker with scripts/kafka-local")).clone()
 }
 
 pub fn mnist() -> &'static Mnist {
@@ -91,6 +86,24 @@ impl Pipeline {
             tokio::time::sleep(Duration::from_secs_f64(1.0 / rate)).await;
         }
         sent
+    }
+
+    /// Sends queries `before` ("a-…"), SIGKILLs `service`, sends `during` ("b-…") while it
+    /// is down, and restarts it. Returns the queries sent before the crash, and all of them.
+    pub async fn send_across_a_crash(
+        &mut self,
+        service: &str,
+        before: std::ops::Range<usize>,
+        during: std::ops::Range<usize>,
+        rate: f64,
+    ) -> (HashMap<String, usize>, HashMap<String, usize>) {
+        let first = self.send("a", before, rate, None).await;
+        self.deployment.kill(service).unwrap();
+        let second = self.send("b", during, rate, None).await;
+        self.deployment.restart(service).unwrap();
+        let mut all = first.clone();
+        all.extend(second);
+        (first, all)
     }
 
     /// Collects results until every id has one (or the timeout), by id; fails on a missing one.
