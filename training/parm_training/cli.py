@@ -262,9 +262,7 @@ def _base_module(base: dict, onnx_path: Path, ds: data.Dataset) -> torch.nn.Modu
         raise SystemExit(f"--augment-shift needs F in PyTorch, but {base['name']}'s manifest names no architecture (a bring-your-own ONNX base)")
     norm = base["normalization"]
     f = models.build(arch, norm["mean"], norm["std"], ds.input_shape, ds.num_classes)
-    weights = export.onnx_weights(onnx_path)
-    state = f.state_dict()
-    f.load_state_dict({k: torch.tensor(np.array(weights[k])).reshape(state[k].shape) for k in state})
+    models.load_weights(f, export.onnx_weights(onnx_path))
     # The PyTorch copy must be the served model: compare them on a few test images.
     sample = ds.test.floats()[:64]
     worst = float(np.abs(train.predict_torch(f, sample) - export.OnnxModel(onnx_path)(sample)).max())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -97,3 +98,13 @@ def build(arch: str, mean: float, std: float, input_shape: tuple[int, ...], num_
     except KeyError:
         raise ValueError(f"unknown architecture '{arch}' (known: {', '.join(ARCHITECTURES)})") from None
     return builder(mean, std, tuple(input_shape), num_classes)
+
+
+def load_weights(model: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Loads weights by parameter name (e.g. an exported model's ONNX initializers) into a
+    model of the same architecture; fails if the model has a parameter they do not name."""
+    state = model.state_dict()
+    missing = [k for k in state if k not in weights]
+    if missing:
+        raise ValueError(f"the given weights have no {missing} (is their architecture this model's?)")
+    model.load_state_dict({k: torch.tensor(np.array(weights[k])).reshape(state[k].shape) for k in state})

@@ -168,10 +168,25 @@ def make_groups(n: int, k: int, seed: int) -> np.ndarray:
     return order[: (n // k) * k].reshape(-1, k)
 
 
-def encode_groups(encoder: enc.Encoder, x: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Parity queries [len(groups), C, H, W] for the given groups of indices into x."""
+def encode_groups(encoder: enc.Encoder, x: np.ndarray, groups: np.ndarray, present: int | None = None) -> np.ndarray:
+    """Parity queries [len(groups), C, H, W] for the given groups of indices into x. With
+    `present`, only each group's first `present` members are in and the other slots are
+    zero, as the encoder sends a group that its linger closed early."""
+    images = x[groups]
+    if present is not None:
+        images = images.copy()
+        images[:, present:] = 0.0
     with torch.no_grad():
-        return encoder.encode(torch.as_tensor(x[groups])).numpy()
+        return encoder.encode(torch.as_tensor(images)).numpy()
+
+
+def decode_groups(encoder: enc.Encoder, parity_predict: Predict, x: np.ndarray, base_logits: np.ndarray,
+                  groups: np.ndarray, present: int | None = None) -> np.ndarray:
+    """Top-1 [n, m] of every (present) member of every group, each erased in turn and
+    decoded as Fp(P) - sum of the other members' F outputs."""
+    members = groups if present is None else groups[:, :present]
+    parity_out = torch.as_tensor(parity_predict(encode_groups(encoder, x, groups, present)))
+    return enc.decode(parity_out, torch.as_tensor(base_logits[members])).argmax(-1).numpy()
 
 
 @dataclass
@@ -194,9 +209,7 @@ def degraded(
     labels: np.ndarray | None,
     groups: np.ndarray,
 ) -> Degraded:
-    parity_out = torch.as_tensor(parity_predict(encode_groups(encoder, x, groups)))
-    member_out = torch.as_tensor(base_logits[groups])  # [n, k, C]
-    decoded = enc.decode(parity_out, member_out).argmax(-1).numpy()  # [n, k]
+    decoded = decode_groups(encoder, parity_predict, x, base_logits, groups)  # [n, k]
     base_top = base_logits.argmax(-1)[groups]
     agreement = float((decoded == base_top).mean())
     if labels is None:
@@ -221,11 +234,7 @@ def degraded_partial(encoder: enc.Encoder, k: int, parity_predict: Predict, x: n
     group closed by its linger), each present member erased in turn."""
     agree, total = 0, 0
     for m in range(1, k):
-        images = x[groups].copy()
-        images[:, m:] = 0.0
-        parity_out = torch.as_tensor(parity_predict(encoder.encode(torch.as_tensor(images)).numpy()))
-        member_out = torch.as_tensor(base_logits[groups[:, :m]])  # [n, m, C]
-        decoded = enc.decode(parity_out, member_out).argmax(-1).numpy()
+        decoded = decode_groups(encoder, parity_predict, x, base_logits, groups, present=m)
         agree += int((decoded == base_logits.argmax(-1)[groups[:, :m]]).sum())
         total += decoded.size
     return agree / total if total else float("nan")
@@ -301,11 +310,7 @@ def train_parity(
     if init is not None:
         # Start from given weights (F's, or an earlier Fp's to continue training) instead of
         # a random init (the reference starts at random).
-        state = model.state_dict()
-        missing = [k for k in state if k not in init]
-        if missing:
-            raise ValueError(f"cannot initialize Fp: the given model has no weights {missing} (is its architecture Fp's?)")
-        model.load_state_dict({k: torch.tensor(np.array(init[k])).reshape(state[k].shape) for k in state})
+        models.load_weights(model, init)
     x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
     n_groups = len(x) // k
     gen = torch.Generator().manual_seed(hyper.seed + 1)
