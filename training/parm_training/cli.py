@@ -5,12 +5,15 @@
     export-data  write the first N test images and labels as IDX files for the Rust side
     check        run manifests' models on their reference inputs (what the Rust test does)
 
-scripts/train-models runs the whole sequence that produced models/.
+scripts/train-models runs the whole sequence that produced models/ on a CPU;
+scripts/train-parity-gpu trains the parity models on a CUDA GPU instead (training there,
+export and evaluation here: `parity --checkpoint-only`, then `parity --from-checkpoint`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import shutil
 import sys
@@ -41,6 +44,20 @@ def _split(ds: data.Dataset) -> tuple[data.Split, data.Split]:
     return data.train_validation_split(ds.train, VALIDATION_SIZE, SPLIT_SEED)
 
 
+def _device(args: argparse.Namespace) -> torch.device:
+    """--device, checked: a clear error instead of a CUDA stack trace when there is no GPU."""
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+    return device
+
+
+def _device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
 def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: train.Hyper, argv: list[str], arch: str) -> dict:
     return {
         "epochs": trained.epochs_run,
@@ -53,6 +70,7 @@ def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: trai
         "seed": hyper.seed,
         "validation": {"size": VALIDATION_SIZE, "seed": SPLIT_SEED, "best": round(trained.best_validation, 6)},
         "threads": torch.get_num_threads(),
+        "device": _device_description(_device(args)),
         "torch": torch.__version__,
     }
 
@@ -65,7 +83,7 @@ def cmd_base(args: argparse.Namespace, argv: list[str]) -> int:
         fit = fit.take(slice(0, args.limit))
     trained = train.train_base(
         args.arch, fit.floats(), fit.labels, val.floats(), val.labels,
-        ds.mean, ds.std, ds.num_classes, args.epochs, hyper, _budget(args.max_minutes),
+        ds.mean, ds.std, ds.num_classes, _epochs(args), hyper, _budget(args.max_minutes), device=_device(args),
     )
     name = args.name or f"{ds.name}-{args.arch}"
     out = Path(args.out)
@@ -148,58 +166,37 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     encoder = encoders.get(args.encoder)
     encoder.check_k(args.k)
     arch = args.arch or base["training"].get("arch", "mlp")
-    ds = data.load(base["dataset"])
-    fit, val = _split(ds)
-    if args.limit:
-        fit = fit.take(slice(0, args.limit))
-    fit_x, val_x, test_x = fit.floats(), val.floats(), ds.test.floats()
-
-    # F is frozen: its logits are computed once, from the exported ONNX model, which is
-    # exactly what the serving side subtracts when it decodes.
-    f = export.OnnxModel(base_path.parent / base["file"], threads=torch.get_num_threads())
-    t0 = time.monotonic()
-    fit_logits, val_logits, test_logits = f(fit_x), f(val_x), f(test_x)
-    train.log(f"F logits for {len(fit_x) + len(val_x) + len(test_x)} examples in {time.monotonic() - t0:.1f}s")
-
-    batch = args.batch_size or train.default_parity_batch(args.k)
-    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed, schedule=args.schedule)
-    trained = train.train_parity(
-        arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
-        ds.mean, ds.std, args.epochs, hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
-        init=_initial_weights(args, base_path.parent / base["file"]),
-        augment_shift=args.augment_shift,
-        partial_fraction=args.partial_groups,
-        base=_base_module(base, base_path.parent / base["file"], ds) if args.augment_shift else None,
-    )
-
     name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
+    ds = data.load(base["dataset"])
+    test_x = ds.test.floats()
+    # F is frozen: its logits are computed from the exported ONNX model, which is exactly
+    # what the serving side subtracts when it decodes.
+    f = export.OnnxModel(base_path.parent / base["file"], threads=torch.get_num_threads())
+
+    if args.from_checkpoint and args.checkpoint_only:
+        raise SystemExit("give either --checkpoint-only (train) or --from-checkpoint (finish), not both")
+    if args.from_checkpoint:
+        model, info = _load_checkpoint(Path(args.from_checkpoint), base, encoder, args.k, arch, ds)
+        info["finished"] = _command(argv)
+    else:
+        model, info = _train_parity(args, argv, base_path, base, encoder, arch, ds, f)
+        if args.checkpoint_only:
+            path = Path(args.checkpoint_only)
+            _save_checkpoint(path, model, info, base, encoder, args.k, arch)
+            train.log(f"Fp {name}: trained; weights and training record in {path} (finish with parity --from-checkpoint {path})")
+            return 0
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_path = out / f"{name}.onnx"
+    test_logits = f(test_x)
     groups = train.make_groups(len(test_x), args.k, TEST_GROUP_SEED)
     parity_x = train.encode_groups(encoder, test_x, groups)
-    export.export_onnx(trained.model, onnx_path, ds.input_shape)
-    worst = export.verify_onnx(onnx_path, trained.model, parity_x[:64])
+    export.export_onnx(model, onnx_path, ds.input_shape)
+    worst = export.verify_onnx(onnx_path, model, parity_x[:64])
     fp = export.OnnxModel(onnx_path)
     d = train.degraded(encoder, args.k, fp, test_x, test_logits, ds.test.labels, groups)
     p_mean, p_std = encoder.normalization(ds.mean, ds.std, args.k)
-    info = _training_info(args, trained, hyper, argv, arch)
-    info["train_examples"] = len(fit)
-    info["loss"] = (
-        "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
-        else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
-    )
-    info["init"] = _init_description(args)
-    if args.partial_groups:
-        info["partial_groups"] = args.partial_groups
-    if args.augment_shift:
-        info["augmentation"] = f"each member moved by up to {args.augment_shift} px; F's logits on the moved images"
-
-    if args.init_from:
-        previous = Path(args.init_from).with_suffix(".json")
-        if previous.is_file():
-            # A continued run: keep the earlier run's record, so the manifest tells the whole story.
-            info["continued_from"] = export.read_manifest(previous).get("training")
     info["evaluation"] = {
         "split": "test",
         "groups": d.groups,
@@ -236,9 +233,108 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     train.log(
         f"Fp {name}: degraded top-1 {d.reconstruction_top1:.4f} (F {d.base_top1:.4f}), agreement with F "
         f"{d.agreement_with_base:.4f} over {d.reconstructions} reconstructions; best epoch "
-        f"{trained.best_epoch}/{trained.epochs_run}, {trained.seconds:.0f}s; ONNX matches PyTorch to {worst:.2g}"
+        f"{info['best_epoch']}/{info['epochs']}, {info['seconds']:.0f}s; ONNX matches PyTorch to {worst:.2g}"
     )
     return 0
+
+
+def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, base: dict, encoder: encoders.Encoder,
+                  arch: str, ds: data.Dataset, f: export.OnnxModel) -> tuple[torch.nn.Module, dict]:
+    """Trains Fp as the arguments say; returns it (on the CPU) and its training record."""
+    fit, val = _split(ds)
+    if args.limit:
+        fit = fit.take(slice(0, args.limit))
+    fit_x, val_x = fit.floats(), val.floats()
+    t0 = time.monotonic()
+    fit_logits, val_logits = f(fit_x), f(val_x)
+    train.log(f"F logits for {len(fit_x) + len(val_x)} examples in {time.monotonic() - t0:.1f}s")
+
+    batch = args.batch_size or train.default_parity_batch(args.k)
+    hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed, schedule=args.schedule)
+    base_onnx = base_path.parent / base["file"]
+    trained = train.train_parity(
+        arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
+        ds.mean, ds.std, _epochs(args), hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
+        init=_initial_weights(args, base_onnx),
+        augment_shift=args.augment_shift,
+        partial_fraction=args.partial_groups,
+        base=_base_module(base, base_onnx, ds) if args.augment_shift else None,
+        device=_device(args),
+    )
+    info = _training_info(args, trained, hyper, argv, arch)
+    info["train_examples"] = len(fit)
+    info["loss"] = (
+        "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
+        else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
+    )
+    info["init"] = _init_description(args)
+    if args.partial_groups:
+        info["partial_groups"] = args.partial_groups
+    if args.augment_shift:
+        info["augmentation"] = f"each member moved by up to {args.augment_shift} px; F's logits on the moved images"
+    if args.init_from:
+        # A continued run: keep the earlier run's record, so the manifest tells the whole story.
+        previous = _previous_record(Path(args.init_from))
+        if previous is not None:
+            info["continued_from"] = previous
+    return trained.model, info
+
+
+def _previous_record(path: Path) -> dict | None:
+    """The training record of the model --init-from starts at: a checkpoint's own, or the
+    manifest's beside an ONNX file (none for an ONNX file without one)."""
+    if path.suffix == ".npz":
+        return _read_checkpoint(path)[1]["training"]
+    manifest = path.with_suffix(".json")
+    return export.read_manifest(manifest).get("training") if manifest.is_file() else None
+
+
+# The checkpoint of `parity --checkpoint-only`: Fp's weights by parameter name, and under
+# this key a JSON string with the training record and what the weights are for.
+CHECKPOINT_RECORD = "__parm_training__"
+
+
+def _checkpoint_identity(base: dict, encoder: encoders.Encoder, k: int, arch: str) -> dict:
+    return {"base": base["name"], "dataset": base["dataset"], "encoder": encoder.name, "k": k, "arch": arch}
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, info: dict, base: dict, encoder: encoders.Encoder,
+                     k: int, arch: str) -> None:
+    """Fp's weights and training record as one .npz (numpy only: loads with any torch)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"for": _checkpoint_identity(base, encoder, k, arch), "training": info}
+    weights = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
+    with open(path, "wb") as out:
+        np.savez(out, **weights, **{CHECKPOINT_RECORD: np.array(json.dumps(record))})
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """A `--checkpoint-only` file's weights and record, unchecked."""
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such checkpoint (write one with parity --checkpoint-only)")
+    not_one = f"{path}: not a checkpoint of parity --checkpoint-only"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not hasattr(z, "files") or CHECKPOINT_RECORD not in z.files:
+                raise SystemExit(f"{not_one} (no training record)")
+            record = json.loads(str(z[CHECKPOINT_RECORD]))
+            weights = {name: z[name] for name in z.files if name != CHECKPOINT_RECORD}
+    except (ValueError, OSError) as e:  # not an .npz at all (numpy's message names pickles)
+        raise SystemExit(f"{not_one} ({type(e).__name__})") from None
+    return weights, record
+
+
+def _load_checkpoint(path: Path, base: dict, encoder: encoders.Encoder, k: int, arch: str,
+                     ds: data.Dataset) -> tuple[torch.nn.Module, dict]:
+    """Fp from a `--checkpoint-only` file, checked to be the parity model these arguments describe."""
+    weights, record = _read_checkpoint(path)
+    expected = _checkpoint_identity(base, encoder, k, arch)
+    if record["for"] != expected:
+        raise SystemExit(f"--from-checkpoint {path}: it holds Fp for {record['for']}, but the arguments describe {expected}")
+    p_mean, p_std = encoder.normalization(ds.mean, ds.std, k)
+    model = models.build(arch, p_mean, p_std, ds.input_shape, ds.num_classes)
+    models.load_weights(model, weights)
+    return model.eval(), record["training"]
 
 
 def _initial_weights(args: argparse.Namespace, base_onnx: Path) -> dict | None:
@@ -250,8 +346,8 @@ def _initial_weights(args: argparse.Namespace, base_onnx: Path) -> dict | None:
     if args.init_from:
         path = Path(args.init_from)
         if not path.is_file():
-            raise SystemExit(f"--init-from {path}: no such file (give an ONNX file of Fp's architecture, e.g. an earlier parity model)")
-        return export.onnx_weights(path)
+            raise SystemExit(f"--init-from {path}: no such file (give an ONNX file or a --checkpoint-only .npz of Fp's architecture, e.g. an earlier parity model)")
+        return _read_checkpoint(path)[0] if path.suffix == ".npz" else export.onnx_weights(path)
     return None
 
 
@@ -269,6 +365,12 @@ def _base_module(base: dict, onnx_path: Path, ds: data.Dataset) -> torch.nn.Modu
     if worst > export.TOLERANCE:
         raise SystemExit(f"F rebuilt in PyTorch differs from {onnx_path.name} by {worst:.3g}: cannot compute targets live")
     return f
+
+
+def _epochs(args: argparse.Namespace) -> int:
+    if args.epochs is None:
+        raise SystemExit(f"{args.command}: --epochs is required to train (it is the maximum; --max-minutes may stop sooner)")
+    return args.epochs
 
 
 def _init_description(args: argparse.Namespace) -> str:
@@ -313,10 +415,11 @@ def cmd_check(args: argparse.Namespace, argv: list[str]) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parm_training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: leave the other core free)")
+    p.add_argument("--device", default="cpu", help="where to train: cpu (default) or cuda / cuda:N")
     sub = p.add_subparsers(dest="command", required=True)
 
     def training_args(s: argparse.ArgumentParser) -> None:
-        s.add_argument("--epochs", type=int, required=True, help="maximum number of epochs")
+        s.add_argument("--epochs", type=int, help="maximum number of epochs (required to train)")
         s.add_argument("--max-minutes", type=float, help="stop early once this much training time is spent")
         s.add_argument("--lr", type=float, default=1e-3)
         s.add_argument("--weight-decay", type=float, default=1e-5)
@@ -347,8 +450,8 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--init-from-base", action="store_true",
                    help="start Fp from F's weights (read from F's ONNX file) instead of a random init")
     q.add_argument("--init-from", metavar="ONNX",
-                   help="start Fp from the weights of this ONNX file of Fp's architecture, e.g. an earlier "
-                   "parity model, to continue its training")
+                   help="start Fp from the weights of this ONNX file (or --checkpoint-only .npz) of Fp's "
+                   "architecture, e.g. an earlier parity model, to continue its training")
     q.add_argument("--partial-groups", type=float, default=0.0, metavar="FRACTION",
                    help="make this fraction of the training groups partial (first m < k members, zeros "
                    "elsewhere, target the present members' sum), as the encoder's linger closes them (default 0)")
@@ -358,6 +461,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--ce-weight", type=float, default=0.0,
                    help="add this weight times the cross-entropy of each decoded output against F's top-1 "
                    "(default 0: the reference recipe, MSE on the sum only)")
+    q.add_argument("--checkpoint-only", metavar="NPZ",
+                   help="train, then write Fp's weights and training record to this file instead of exporting "
+                   "(for a GPU machine; finish elsewhere with --from-checkpoint)")
+    q.add_argument("--from-checkpoint", metavar="NPZ",
+                   help="do not train: export, evaluate and write the manifest of the Fp in this "
+                   "--checkpoint-only file (give the same --base, --k, --encoder, --arch)")
     training_args(q)
     q.set_defaults(run=cmd_parity)
 

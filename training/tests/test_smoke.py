@@ -180,3 +180,59 @@ def test_partial_groups_mask_trailing_members_and_train():
     agreement = train.degraded_partial(encoders.get("addition"), 2, lambda p: train.predict_torch(trained.model, p),
                                        x[300:], logits[300:], groups)
     assert 0.0 <= agreement <= 1.0
+
+
+def test_train_to_a_checkpoint_then_finish_elsewhere(tmp_path, mnist):
+    """parity --checkpoint-only (the GPU machine) writes weights + record and no model;
+    parity --from-checkpoint (here) exports that very Fp with the record in its manifest,
+    and refuses a checkpoint that is not the model its arguments describe."""
+    out = tmp_path / "models"
+    assert cli.main(["base", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    base = ["parity", "--base", str(out / "mnist-mlp.json"), "--k", "2", "--encoder", "addition"]
+    ckpt = tmp_path / "gpu" / "fp.npz"
+    assert cli.main([*base, "--epochs", "2", "--limit", "300", "--partial-groups", "0.3",
+                     "--checkpoint-only", str(ckpt)]) == 0
+    assert ckpt.is_file() and not (out / "mnist-mlp-parity-add-k2.onnx").exists()
+
+    done = tmp_path / "done"
+    assert cli.main([*base, "--from-checkpoint", str(ckpt), "--out", str(done)]) == 0
+    manifest = json.loads((done / "mnist-mlp-parity-add-k2.json").read_text())
+    record = manifest["training"]
+    assert record["epochs"] == 2 and record["partial_groups"] == 0.3 and record["device"] == "cpu"
+    assert "--checkpoint-only" in record["command"] and "--from-checkpoint" in record["finished"]
+    assert export.check_manifest(done / "mnist-mlp-parity-add-k2.json") < export.TOLERANCE
+    # The exported model is the checkpoint's weights.
+    with np.load(ckpt) as z:
+        weights = {k: z[k] for k in z.files if not k.startswith("__")}
+    onnx = export.onnx_weights(done / "mnist-mlp-parity-add-k2.onnx")
+    assert weights.keys() <= onnx.keys() and all(np.array_equal(weights[k], onnx[k]) for k in weights)
+
+    # --init-from takes a checkpoint too, and keeps its record.
+    again = tmp_path / "again"
+    assert cli.main([*base, "--init-from", str(ckpt), "--lr", "0", "--epochs", "1", "--limit", "300", "--out", str(again)]) == 0
+    continued = json.loads((again / "mnist-mlp-parity-add-k2.json").read_text())
+    assert continued["training"]["continued_from"]["command"] == record["command"]
+    assert np.allclose(continued["reference"]["outputs"], manifest["reference"]["outputs"], atol=1e-5)
+
+    for wrong, message in ((["--k", "3"], "arguments describe"), (["--from-checkpoint", str(out / "mnist-mlp.onnx")], "not a checkpoint")):
+        try:
+            args = [*base, "--from-checkpoint", str(ckpt), "--out", str(tmp_path / "x"), *wrong]
+            if wrong[0] == "--from-checkpoint":
+                args = [*base, *wrong, "--out", str(tmp_path / "x")]
+            cli.main(args)
+        except (SystemExit, ValueError) as e:
+            assert message in str(e), str(e)
+        else:
+            raise AssertionError(f"finishing with {wrong} must be refused")
+
+
+def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    try:
+        cli.main(["--device", "cuda", "base", "--epochs", "1", "--limit", "300", "--out", str(tmp_path)])
+    except SystemExit as e:
+        assert "no CUDA GPU" in str(e) and "--device cpu" in str(e)
+    else:
+        raise AssertionError("--device cuda without a GPU must be refused")
