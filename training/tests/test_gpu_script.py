@@ -1,0 +1,47 @@
+"""scripts/train-parity-gpu end to end on the CPU (DEVICE=cpu, a few hundred examples, one
+short epoch per model): both training phases, the hand-over of phase 1's checkpoint to
+phase 2, and `finish` writing checked models and manifests. Fashion-MNIST is replaced by
+random images (CI does not install the Debian package); MNIST is the real one."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from parm_training.idx import write_idx
+
+
+def fake_fashion(folder):
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for prefix, n in (("train", 5300), ("t10k", 100)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, n, dtype=np.uint8))
+
+
+def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
+    fake_fashion(tmp_path / "fashion")
+    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "MINUTES": "0.01", "MINUTES2": "0.01",
+           "LIMIT": "200", "MODELS": str(tmp_path / "models"), "PARM_FASHION_MNIST_DIR": str(tmp_path / "fashion")}
+    script = repo / "scripts" / "train-parity-gpu"
+    work = tmp_path / "work"
+    subprocess.run([script, "train", work], env=env, check=True, capture_output=True, text=True)
+    assert {p.name for p in work.glob("*.npz")} == {
+        "mnist-add-k3.npz", "mnist-add-k4.npz", "mnist-concat-k4.npz", "fashion-concat-k2.npz",
+        "fashion-add-k2-wide.npz", "fashion-add-k2.npz", "mnist-add-k2.npz"}
+
+    done = subprocess.run([script, "finish", work], env=env, check=True, capture_output=True, text=True)
+    models = tmp_path / "models"
+    names = {p.stem for p in models.glob("*.json")}
+    assert names == {"mnist-lenet-parity-add-k2", "mnist-lenet-parity-add-k3", "mnist-lenet-parity-add-k4",
+                     "mnist-lenet-parity-concat-k4", "fashion-mnist-lenet-parity-add-k2",
+                     "fashion-mnist-lenet-parity-concat-k2"}
+    assert done.stdout.count("ok   ") == len(names) and "FAIL" not in done.stdout
+    wide = json.loads((models / "fashion-mnist-lenet-parity-add-k2.json").read_text())["training"]
+    # Phase 2 continued phase 1's wide model, without shifts; phase 1 had them.
+    assert wide["arch"] == "lenet2x" and "augmentation" not in wide and wide["device"] == "cpu"
+    assert "fashion-add-k2-wide.npz" in wide["command"] and "augmentation" in wide["continued_from"]
+    k2 = json.loads((models / "mnist-lenet-parity-add-k2.json").read_text())["training"]
+    assert "models/mnist-lenet-parity-add-k2.onnx" in k2["command"] and k2["optimizer"]["lr"] == 3e-4
