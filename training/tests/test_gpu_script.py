@@ -1,5 +1,5 @@
 """scripts/train-parity-gpu end to end on the CPU (DEVICE=cpu, a few hundred examples, one
-short epoch per model): both training phases, the hand-over of phase 1's checkpoint to
+short epoch per model): both training phases, the hand-over of phase 1's checkpoints to
 phase 2, and `finish` writing checked models and manifests. Fashion-MNIST is replaced by
 random images (CI does not install the Debian package); MNIST is the real one."""
 
@@ -28,9 +28,9 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
     script = repo / "scripts" / "train-parity-gpu"
     work = tmp_path / "work"
     subprocess.run([script, "train", work], env=env, check=True, capture_output=True, text=True)
-    assert {p.name for p in work.glob("*.npz")} == {
-        "mnist-add-k3.npz", "mnist-add-k4.npz", "mnist-concat-k4.npz", "fashion-concat-k2.npz",
-        "fashion-add-k2-wide.npz", "fashion-add-k2.npz", "mnist-add-k2.npz"}
+    finals = {"mnist-add-k3", "mnist-add-k4", "mnist-concat-k4", "fashion-concat-k2", "fashion-add-k2"}
+    shifted = {f"{n}-shifted" for n in finals - {"fashion-add-k2"}} | {"fashion-add-k2-wide-shifted"}
+    assert {p.stem for p in work.glob("*.npz")} == finals | shifted | {"mnist-add-k2"}
 
     done = subprocess.run([script, "finish", work], env=env, check=True, capture_output=True, text=True)
     models = tmp_path / "models"
@@ -42,6 +42,8 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
     wide = json.loads((models / "fashion-mnist-lenet-parity-add-k2.json").read_text())["training"]
     # Phase 2 continued phase 1's wide model, without shifts; phase 1 had them.
     assert wide["arch"] == "lenet2x" and "augmentation" not in wide and wide["device"] == "cpu"
-    assert "fashion-add-k2-wide.npz" in wide["command"] and "augmentation" in wide["continued_from"]
+    assert "fashion-add-k2-wide-shifted.npz" in wide["command"] and "augmentation" in wide["continued_from"]
+    k4 = json.loads((models / "mnist-lenet-parity-add-k4.json").read_text())["training"]
+    assert "augmentation" not in k4 and k4["continued_from"]["init"] == "F's weights"
     k2 = json.loads((models / "mnist-lenet-parity-add-k2.json").read_text())["training"]
     assert "models/mnist-lenet-parity-add-k2.onnx" in k2["command"] and k2["optimizer"]["lr"] == 3e-4
