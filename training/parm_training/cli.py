@@ -13,7 +13,6 @@ export and evaluation here: `parity --checkpoint-only`, then `parity --from-chec
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import shutil
 import sys
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from parm_training import data, encoders, export, models, train
+from parm_training import checkpoint, data, encoders, export, models, train
 from parm_training.idx import write_idx
 
 VALIDATION_SIZE = 5000
@@ -44,11 +43,11 @@ def _split(ds: data.Dataset) -> tuple[data.Split, data.Split]:
     return data.train_validation_split(ds.train, VALIDATION_SIZE, SPLIT_SEED)
 
 
-def _device(args: argparse.Namespace) -> torch.device:
+def _device(name: str) -> torch.device:
     """--device, checked: a clear error instead of a CUDA stack trace when there is no GPU."""
-    device = torch.device(args.device)
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
+        raise SystemExit(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu")
     return device
 
 
@@ -70,7 +69,7 @@ def _training_info(args: argparse.Namespace, trained: train.Trained, hyper: trai
         "seed": hyper.seed,
         "validation": {"size": VALIDATION_SIZE, "seed": SPLIT_SEED, "best": round(trained.best_validation, 6)},
         "threads": torch.get_num_threads(),
-        "device": _device_description(_device(args)),
+        "device": _device_description(args.device),
         "torch": torch.__version__,
     }
 
@@ -83,7 +82,7 @@ def cmd_base(args: argparse.Namespace, argv: list[str]) -> int:
         fit = fit.take(slice(0, args.limit))
     trained = train.train_base(
         args.arch, fit.floats(), fit.labels, val.floats(), val.labels,
-        ds.mean, ds.std, ds.num_classes, _epochs(args), hyper, _budget(args.max_minutes), device=_device(args),
+        ds.mean, ds.std, ds.num_classes, _epochs(args), hyper, _budget(args.max_minutes), device=args.device,
     )
     name = args.name or f"{ds.name}-{args.arch}"
     out = Path(args.out)
@@ -182,7 +181,7 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
         model, info = _train_parity(args, argv, base_path, base, encoder, arch, ds, f)
         if args.checkpoint_only:
             path = Path(args.checkpoint_only)
-            _save_checkpoint(path, model, info, base, encoder, args.k, arch)
+            checkpoint.save(path, model, info, checkpoint.identity(base, encoder.name, args.k, arch))
             train.log(f"Fp {name}: trained; weights and training record in {path} (finish with parity --from-checkpoint {path})")
             return 0
 
@@ -252,14 +251,15 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
     batch = args.batch_size or train.default_parity_batch(args.k)
     hyper = train.Hyper(lr=args.lr, weight_decay=args.weight_decay, batch_size=batch, seed=args.seed, schedule=args.schedule)
     base_onnx = base_path.parent / base["file"]
+    init, init_description, previous = _starting_point(args, base_onnx)
     trained = train.train_parity(
         arch, encoder, args.k, fit_x, fit_logits, val_x, val_logits,
         ds.mean, ds.std, _epochs(args), hyper, _budget(args.max_minutes), ce_weight=args.ce_weight,
-        init=_initial_weights(args, base_onnx),
+        init=init,
         augment_shift=args.augment_shift,
         partial_fraction=args.partial_groups,
         base=_base_module(base, base_onnx, ds) if args.augment_shift else None,
-        device=_device(args),
+        device=args.device,
     )
     info = _training_info(args, trained, hyper, argv, arch)
     info["train_examples"] = len(fit)
@@ -267,88 +267,46 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
         "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
         else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
     )
-    info["init"] = _init_description(args)
+    info["init"] = init_description
     if args.partial_groups:
         info["partial_groups"] = args.partial_groups
     if args.augment_shift:
         info["augmentation"] = f"each member moved by up to {args.augment_shift} px; F's logits on the moved images"
-    if args.init_from:
+    if previous is not None:
         # A continued run: keep the earlier run's record, so the manifest tells the whole story.
-        previous = _previous_record(Path(args.init_from))
-        if previous is not None:
-            info["continued_from"] = previous
+        info["continued_from"] = previous
     return trained.model, info
-
-
-def _previous_record(path: Path) -> dict | None:
-    """The training record of the model --init-from starts at: a checkpoint's own, or the
-    manifest's beside an ONNX file (none for an ONNX file without one)."""
-    if path.suffix == ".npz":
-        return _read_checkpoint(path)[1]["training"]
-    manifest = path.with_suffix(".json")
-    return export.read_manifest(manifest).get("training") if manifest.is_file() else None
-
-
-# The checkpoint of `parity --checkpoint-only`: Fp's weights by parameter name, and under
-# this key a JSON string with the training record and what the weights are for.
-CHECKPOINT_RECORD = "__parm_training__"
-
-
-def _checkpoint_identity(base: dict, encoder: encoders.Encoder, k: int, arch: str) -> dict:
-    return {"base": base["name"], "dataset": base["dataset"], "encoder": encoder.name, "k": k, "arch": arch}
-
-
-def _save_checkpoint(path: Path, model: torch.nn.Module, info: dict, base: dict, encoder: encoders.Encoder,
-                     k: int, arch: str) -> None:
-    """Fp's weights and training record as one .npz (numpy only: loads with any torch)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"for": _checkpoint_identity(base, encoder, k, arch), "training": info}
-    weights = {name: t.detach().cpu().numpy() for name, t in model.state_dict().items()}
-    with open(path, "wb") as out:
-        np.savez(out, **weights, **{CHECKPOINT_RECORD: np.array(json.dumps(record))})
-
-
-def _read_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
-    """A `--checkpoint-only` file's weights and record, unchecked."""
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such checkpoint (write one with parity --checkpoint-only)")
-    not_one = f"{path}: not a checkpoint of parity --checkpoint-only"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files") or CHECKPOINT_RECORD not in z.files:
-                raise SystemExit(f"{not_one} (no training record)")
-            record = json.loads(str(z[CHECKPOINT_RECORD]))
-            weights = {name: z[name] for name in z.files if name != CHECKPOINT_RECORD}
-    except (ValueError, OSError) as e:  # not an .npz at all (numpy's message names pickles)
-        raise SystemExit(f"{not_one} ({type(e).__name__})") from None
-    return weights, record
 
 
 def _load_checkpoint(path: Path, base: dict, encoder: encoders.Encoder, k: int, arch: str,
                      ds: data.Dataset) -> tuple[torch.nn.Module, dict]:
     """Fp from a `--checkpoint-only` file, checked to be the parity model these arguments describe."""
-    weights, record = _read_checkpoint(path)
-    expected = _checkpoint_identity(base, encoder, k, arch)
-    if record["for"] != expected:
-        raise SystemExit(f"--from-checkpoint {path}: it holds Fp for {record['for']}, but the arguments describe {expected}")
+    weights, training = checkpoint.read(path, expected=checkpoint.identity(base, encoder.name, k, arch))
     p_mean, p_std = encoder.normalization(ds.mean, ds.std, k)
     model = models.build(arch, p_mean, p_std, ds.input_shape, ds.num_classes)
     models.load_weights(model, weights)
-    return model.eval(), record["training"]
+    return model.eval(), training
 
 
-def _initial_weights(args: argparse.Namespace, base_onnx: Path) -> dict | None:
-    """Fp's starting weights: F's (--init-from-base), another model's (--init-from), or none."""
+def _starting_point(args: argparse.Namespace, base_onnx: Path) -> tuple[dict | None, str, dict | None]:
+    """Fp's starting weights (None: a random init), how the manifest names them, and the
+    training record of the model they come from when training continues one."""
     if args.init_from_base and args.init_from:
         raise SystemExit("give either --init-from-base or --init-from, not both")
     if args.init_from_base:
-        return export.onnx_weights(base_onnx)
-    if args.init_from:
-        path = Path(args.init_from)
-        if not path.is_file():
-            raise SystemExit(f"--init-from {path}: no such file (give an ONNX file or a --checkpoint-only .npz of Fp's architecture, e.g. an earlier parity model)")
-        return _read_checkpoint(path)[0] if path.suffix == ".npz" else export.onnx_weights(path)
-    return None
+        return export.onnx_weights(base_onnx), "F's weights", None
+    if not args.init_from:
+        return None, "random", None
+    path = Path(args.init_from)
+    description = f"weights of {path.name}"
+    if path.suffix == ".npz":
+        weights, previous = checkpoint.read(path)
+        return weights, description, previous
+    if not path.is_file():
+        raise SystemExit(f"--init-from {path}: no such file (give an ONNX file or a --checkpoint-only .npz of Fp's architecture, e.g. an earlier parity model)")
+    manifest = path.with_suffix(".json")
+    previous = export.read_manifest(manifest).get("training") if manifest.is_file() else None
+    return export.onnx_weights(path), description, previous
 
 
 def _base_module(base: dict, onnx_path: Path, ds: data.Dataset) -> torch.nn.Module:
@@ -371,14 +329,6 @@ def _epochs(args: argparse.Namespace) -> int:
     if args.epochs is None:
         raise SystemExit(f"{args.command}: --epochs is required to train (it is the maximum; --max-minutes may stop sooner)")
     return args.epochs
-
-
-def _init_description(args: argparse.Namespace) -> str:
-    if args.init_from_base:
-        return "F's weights"
-    if args.init_from:
-        return f"weights of {Path(args.init_from).name}"
-    return "random"
 
 
 def cmd_export_data(args: argparse.Namespace, argv: list[str]) -> int:
@@ -488,8 +438,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    args.device = _device(args.device)
     try:
         return args.run(args, argv)
-    except data.DataMissing as e:
+    except (data.DataMissing, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

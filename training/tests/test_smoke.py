@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 
-from parm_training import cli, export
+from parm_training import checkpoint, cli, export
 
 
 def test_base_and_parity_end_to_end(tmp_path, mnist):
@@ -182,7 +182,7 @@ def test_partial_groups_mask_trailing_members_and_train():
     assert 0.0 <= agreement <= 1.0
 
 
-def test_train_to_a_checkpoint_then_finish_elsewhere(tmp_path, mnist):
+def test_train_to_a_checkpoint_then_finish_elsewhere(tmp_path, mnist, capsys):
     """parity --checkpoint-only (the GPU machine) writes weights + record and no model;
     parity --from-checkpoint (here) exports that very Fp with the record in its manifest,
     and refuses a checkpoint that is not the model its arguments describe."""
@@ -202,8 +202,7 @@ def test_train_to_a_checkpoint_then_finish_elsewhere(tmp_path, mnist):
     assert "--checkpoint-only" in record["command"] and "--from-checkpoint" in record["finished"]
     assert export.check_manifest(done / "mnist-mlp-parity-add-k2.json") < export.TOLERANCE
     # The exported model is the checkpoint's weights.
-    with np.load(ckpt) as z:
-        weights = {k: z[k] for k in z.files if not k.startswith("__")}
+    weights, _ = checkpoint.read(ckpt)
     onnx = export.onnx_weights(done / "mnist-mlp-parity-add-k2.onnx")
     assert weights.keys() <= onnx.keys() and all(np.array_equal(weights[k], onnx[k]) for k in weights)
 
@@ -214,16 +213,14 @@ def test_train_to_a_checkpoint_then_finish_elsewhere(tmp_path, mnist):
     assert continued["training"]["continued_from"]["command"] == record["command"]
     assert np.allclose(continued["reference"]["outputs"], manifest["reference"]["outputs"], atol=1e-5)
 
-    for wrong, message in ((["--k", "3"], "arguments describe"), (["--from-checkpoint", str(out / "mnist-mlp.onnx")], "not a checkpoint")):
-        try:
-            args = [*base, "--from-checkpoint", str(ckpt), "--out", str(tmp_path / "x"), *wrong]
-            if wrong[0] == "--from-checkpoint":
-                args = [*base, *wrong, "--out", str(tmp_path / "x")]
-            cli.main(args)
-        except (SystemExit, ValueError) as e:
-            assert message in str(e), str(e)
-        else:
-            raise AssertionError(f"finishing with {wrong} must be refused")
+    # Refused, with a message that says why: a checkpoint of another model, and a file
+    # that is no checkpoint at all.
+    for wrong, message in ((["--from-checkpoint", str(ckpt), "--k", "3"], "arguments describe"),
+                           (["--from-checkpoint", str(out / "mnist-mlp.onnx")], "not a checkpoint")):
+        capsys.readouterr()
+        assert cli.main([*base, *wrong, "--out", str(tmp_path / "x")]) == 2, wrong
+        assert message in capsys.readouterr().err, wrong
+    assert not (tmp_path / "x").exists()
 
 
 def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):

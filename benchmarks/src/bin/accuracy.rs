@@ -244,6 +244,16 @@ struct Counts {
     base_correct: usize,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, c: Counts) {
+        self.groups += c.groups;
+        self.total += c.total;
+        self.correct += c.correct;
+        self.agree += c.agree;
+        self.base_correct += c.base_correct;
+    }
+}
+
 /// Full groups: every test example in one seeded random group of k. Partial groups: the
 /// first m members of each of those groups, for every m in 1..k-1, the rest of the slots
 /// zero, as the encoder sends a group that its linger closed early.
@@ -263,12 +273,7 @@ fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u6
     let mut partial = Counts::default();
     for size in 1..k {
         let cut: Vec<&[usize]> = groups.iter().map(|g| &g[..size]).collect();
-        let c = decode_groups(fp, encoder, k, &cut, set, base_logits)?;
-        partial.groups += c.groups;
-        partial.total += c.total;
-        partial.correct += c.correct;
-        partial.agree += c.agree;
-        partial.base_correct += c.base_correct;
+        partial += decode_groups(fp, encoder, k, &cut, set, base_logits)?;
     }
     Ok((full, partial))
 }

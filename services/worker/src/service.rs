@@ -134,13 +134,17 @@ async fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<St
     kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
     let group = format!("{}-answered-{}", kafka.topic_prefix, std::process::id());
     let (reader, _) = kafka.consumer(&group)?;
-    let mut from_end = TopicPartitionList::new();
-    for p in 0..partitions {
-        let (_, high) = reader
-            .fetch_watermarks(&topics.results, p, Duration::from_secs(10))
-            .with_context(|| format!("reading the end of {}[{p}]", topics.results))?;
-        from_end.add_partition_offset(&topics.results, p, Offset::Offset(high))?;
-    }
+    // fetch_watermarks blocks on the broker: keep it off the runtime's async threads.
+    let from_end = tokio::task::block_in_place(|| -> anyhow::Result<TopicPartitionList> {
+        let mut from_end = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (_, high) = reader
+                .fetch_watermarks(&topics.results, p, Duration::from_secs(10))
+                .with_context(|| format!("reading the end of {}[{p}]", topics.results))?;
+            from_end.add_partition_offset(&topics.results, p, Offset::Offset(high))?;
+        }
+        Ok(from_end)
+    })?;
     reader.assign(&from_end)?;
     Ok(reader)
 }
