@@ -16,6 +16,13 @@ What it models (benchmarks/scenarios/main.toml):
   its own model answers it.
 - Workers skip a queued member that is already answered, and a parity query whose members
   all are (`--skip-answered`).
+- Health routing (`health="reports"`, what `--route-by-health` does): a worker reports itself
+  slow once a service has run 80 ms, and healthy after a fast service or 80 ms idle; a report
+  reaches the encoder 10 ms later. A query bound for a slow worker closes the open group and
+  gets a group of its own, closed at once; parity goes to the next parity worker not reported
+  slow; a parity worker that turns slow has the parity queries of the last 500 ms sent again
+  to healthy ones (once each). Member queries go where they would go without it.
+  `health="oracle"`: the encoder knows every episode the moment it starts (a bound).
 Policies of the model workers: `fifo` (what parm does); `defer` (a worker inside an episode
 serves overdue unanswered members first and holds fresh ones until they are answered or
 overdue); `cancel` (a worker stops the member in service once it is reconstructed: preemptive
@@ -59,6 +66,12 @@ class Worker:
         self.serving = None  # the item in service, or None when idle
         self.version = 0  # bumped when service is cut short, to drop its completion event
         self.episode: tuple[float, float] | None = None
+        self.past: list[tuple[float, float]] = []  # recent episodes, for the oracle
+        self.serial, self.started, self.reported_slow = 0, 0.0, False
+
+    def episode_known(self, now: float) -> bool:
+        """Whether the worker is inside an episode now (the oracle's knowledge)."""
+        return self.in_episode(now)
 
     def in_episode(self, now: float) -> bool:
         while True:
@@ -68,6 +81,7 @@ class Worker:
             start, end = self.episode
             if now < end:
                 return now >= start
+            self.past = (self.past + [self.episode])[-3:]
             self.episode = None
 
     def service_time(self, now: float) -> float:
@@ -80,6 +94,7 @@ class Group:
     members: list[int]
     parity_done: float | None = None
     closed: bool = False
+    resent: bool = False
 
 
 @dataclass
@@ -88,6 +103,10 @@ class Run:
     mode: str  # "parm" or "equal"
     policy: str = "fifo"
     eager: bool = False
+    health: str | None = None  # None, "reports" (--route-by-health) or "oracle"
+    slow_after_ms: float = 80.0
+    report_ms: float = 10.0
+    resend_window_ms: float = 500.0
     seed: int = 1
     events: list = field(default_factory=list)
 
@@ -108,6 +127,8 @@ class Run:
         self.parity = [Worker(sc, random.Random(self.seed * 1000 + 100 + i)) for i in range(n_parity)] if self.mode == "parm" else []
         self.answered: list[float | None] = [None] * sc.queries
         self.reconstructed = 0
+        self.resent = 0
+        self.parity_log: dict[int, deque] = {}
         self.model_done: list[float | None] = [None] * sc.queries
         self.group_of: list[int] = [0] * sc.queries
         self.groups: list[Group] = []
@@ -121,7 +142,7 @@ class Run:
             getattr(self, f"on_{kind}")(now, *data)
         lat = sorted(self.answered[q] - self.arrival[q] for q in range(sc.warmup, sc.queries))
         pick = lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]
-        return {"p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "reconstructed": self.reconstructed}
+        return {"p50": pick(0.5), "p99": pick(0.99), "p999": pick(0.999), "reconstructed": self.reconstructed, "resent": self.resent}
 
     # --- the encoder ---
     def member_worker(self) -> Worker:
@@ -142,6 +163,9 @@ class Run:
         self.start(w, now, parity=False)
         if self.mode != "parm":
             return
+        solo = self.health is not None and self.slow(w, now)
+        if solo and self.open is not None:
+            self.close(self.open, now)  # its group must not wait for a partner
         if self.open is None:
             self.open = len(self.groups)
             self.groups.append(Group([q]))
@@ -149,7 +173,7 @@ class Run:
         else:
             self.groups[self.open].members.append(q)
         g = self.group_of[q] = self.open
-        if len(self.groups[g].members) == self.sc.k:
+        if len(self.groups[g].members) == self.sc.k or solo:
             self.close(g, now)
         self.push(self.arrival[q] + self.sc.deadline_ms, "deadline", q)
 
@@ -162,10 +186,38 @@ class Run:
         self.groups[g].closed = True
         if self.open == g:
             self.open = None
-        w = self.parity[self.parity_slot % len(self.parity)]
+        self.send_parity(g, self.parity_slot % len(self.parity), now)
         self.parity_slot += 1
+
+    def send_parity(self, g: int, preferred: int, now: float) -> None:
+        n = len(self.parity)
+        i = preferred
+        if self.health is not None:  # the first parity worker from the preferred on not slow
+            i = next((j % n for j in range(preferred, preferred + n) if not self.slow(self.parity[j % n], now)), preferred)
+            self.parity_log.setdefault(i, deque()).append((now, g))
+        w = self.parity[i]
         w.queue.append(g)
         self.start(w, now, parity=True)
+
+    # --- health reports ---
+    def slow(self, w: Worker, now: float) -> bool:
+        return w.episode_known(now) if self.health == "oracle" else w.reported_slow
+
+    def on_watch(self, now: float, w: Worker, serial: int) -> None:
+        if w.serial == serial and w.serving is not None:  # still in the same service
+            self.push(now + self.report_ms, "report", w, True)
+
+    def on_report(self, now: float, w: Worker, slow: bool) -> None:
+        turned_slow = slow and not w.reported_slow
+        w.reported_slow = slow
+        if turned_slow and w in self.parity:
+            i = self.parity.index(w)
+            log = self.parity_log.pop(i, deque())
+            for at, g in log:
+                if at + self.resend_window_ms >= now and not self.groups[g].resent:
+                    self.groups[g].resent = True
+                    self.resent += 1
+                    self.send_parity(g, (i + 1) % len(self.parity), now)
 
     # --- the decoder ---
     def answer(self, q: int, now: float, reconstructed: bool) -> None:
@@ -218,14 +270,20 @@ class Run:
         else:
             item = w.queue.popleft()
         w.serving = item
+        w.serial += 1
+        w.started = now
+        if self.health == "reports":
+            self.push(now + self.slow_after_ms, "watch", w, w.serial)
         self.push(now + w.service_time(now), "done", w, item, w.version, parity)
 
     def on_done(self, now: float, w: Worker, item: int, version: int, parity: bool) -> None:
         if version != w.version:
             return  # cut short by `cancel`
         w.serving = None
+        took = now - w.started
         if parity:
-            self.groups[item].parity_done = now
+            if self.groups[item].parity_done is None:  # a second copy's output is ignored
+                self.groups[item].parity_done = now
             self.try_reconstruct(item, now)
         else:
             self.model_done[item] = now
@@ -233,16 +291,28 @@ class Run:
             if self.mode == "parm":
                 self.try_reconstruct(self.group_of[item], now)
         self.start(w, now, parity)
+        if self.health == "reports":  # slow after a slow service, until a fast one or idle for a while
+            slow = took >= self.slow_after_ms
+            self.push(now + self.report_ms, "report", w, slow)
+            if slow and w.serving is None:
+                self.push(now + self.slow_after_ms, "idle_check", w, w.serial)
+
+    def on_idle_check(self, now: float, w: Worker, serial: int) -> None:
+        if w.serial == serial and w.serving is None:  # idle since its slow service
+            self.push(now + self.report_ms, "report", w, False)
 
 
 VARIANTS = [
     ("equal", dict(mode="equal")),
-    ("parm, deadline (as built)", dict(mode="parm")),
-    ("parm, eager (as built)", dict(mode="parm", eager=True)),
+    ("parm, deadline, blind", dict(mode="parm")),
+    ("parm, eager, blind", dict(mode="parm", eager=True)),
     ("parm, deadline, defer when slow", dict(mode="parm", policy="defer")),
     ("parm, eager, defer when slow", dict(mode="parm", policy="defer", eager=True)),
     ("parm, deadline, cancel in service", dict(mode="parm", policy="cancel")),
     ("parm, eager, cancel in service", dict(mode="parm", policy="cancel", eager=True)),
+    ("parm, deadline, health routing (as built)", dict(mode="parm", health="reports")),
+    ("parm, eager, health routing (as built)", dict(mode="parm", eager=True, health="reports")),
+    ("parm, eager, health routing, episodes known at once (a bound)", dict(mode="parm", eager=True, health="oracle")),
 ]
 
 
@@ -258,14 +328,14 @@ def main() -> None:
     args = p.parse_args()
     sc = Scenario(episode_extra_ms=args.episode_extra_ms, qps=args.qps)
     print(f"{args.runs} seeds per variant, {sc.queries} queries each; medians over seeds; ms")
-    print("| variant | p50 | p99 | p99.9 | p99.9 / equal's |")
-    print("|---|---|---|---|---|")
+    print("| variant | p50 | p99 | p99.9 | p99.9 / equal's | parity copies |")
+    print("|---|---|---|---|---|---|")
     equal = None
     for name, kw in VARIANTS:
         res = [Run(sc, seed=s, **kw).simulate() for s in range(1, args.runs + 1)]
         p999 = median([r["p999"] for r in res])
         equal = equal or p999
-        print(f"| {name} | {median([r['p50'] for r in res]):.1f} | {median([r['p99'] for r in res]):.0f} | {p999:.0f} | {p999 / equal:.2f} |")
+        print(f"| {name} | {median([r['p50'] for r in res]):.1f} | {median([r['p99'] for r in res]):.0f} | {p999:.0f} | {p999 / equal:.2f} | {median([r['resent'] for r in res])} |")
 
 
 if __name__ == "__main__":

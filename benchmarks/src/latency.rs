@@ -161,6 +161,9 @@ pub async fn run_one(
     if !spec.mode.has_parity() {
         d.encoder_args.push("--no-parity".into());
     }
+    if spec.mode.has_parity() && svc.route_by_health {
+        d.encoder_args.push("--route-by-health".into());
+    }
     let worker = |model: &str| -> Vec<String> {
         flags([
             ("--model", model.to_string()),
@@ -175,6 +178,11 @@ pub async fn run_one(
     if svc.skip_answered {
         d.model_worker_args.push("--skip-answered".into());
         d.parity_worker_args.push("--skip-answered".into());
+    }
+    if spec.mode.has_parity() && svc.route_by_health {
+        for args in [&mut d.model_worker_args, &mut d.parity_worker_args] {
+            args.extend(["--report-health".to_string(), "--slow-after-ms".to_string(), svc.slow_after_ms().to_string()]);
+        }
     }
     let c = &spec.contention;
     // Each worker its own episode sequence; the same worker number gets the same one in

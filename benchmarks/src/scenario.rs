@@ -106,6 +106,20 @@ pub struct Service {
     /// member, a parity whose members are all back), as the paper's system cancels it.
     /// Only parm's modes have such work.
     pub skip_answered: bool,
+    /// parm's encoder routes coding groups by the workers' health reports
+    /// (`--route-by-health`; the workers run with `--report-health`). Member queries go
+    /// where they would go without it. Only parm's modes use it.
+    pub route_by_health: bool,
+    /// A batch slower than this makes a worker report itself slow (ms); absent: twice the
+    /// mean synthetic service time, at least 20 ms.
+    pub slow_after_ms: Option<u64>,
+}
+
+impl Service {
+    /// The `--slow-after-ms` the workers get.
+    pub fn slow_after_ms(&self) -> u64 {
+        self.slow_after_ms.unwrap_or_else(|| (2.0 * (self.synthetic_ms + self.synthetic_exp_ms)).round().max(20.0) as u64)
+    }
 }
 
 impl Default for Service {
@@ -123,6 +137,8 @@ impl Default for Service {
             hedge_after_ms: None,
             hedge_quantile: 0.95,
             skip_answered: true,
+            route_by_health: true,
+            slow_after_ms: None,
         }
     }
 }

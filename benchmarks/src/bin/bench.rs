@@ -172,10 +172,11 @@ fn write_summary(scn: &Scenario, results: &[RunResult], skipped: &[(String, Stri
     let mut md = format!("# Latency: scenario `{}`\n\n{}\n\n", scn.name, scn.description.trim());
     let svc = &scn.service;
     md += &format!(
-        "N = {} model workers, {} queries per run ({} warm-up not counted), batch {}; service time = real inference ({}) + synthetic {} ms fixed + Exp({} ms) per batch (slept: the synthetic part). Deadline {} ms, hard deadline {} ms, linger {} ms. Hedge: {} after send, at most 1/k extra. Workers skip work already answered: {}.\n\n",
+        "N = {} model workers, {} queries per run ({} warm-up not counted), batch {}; service time = real inference ({}) + synthetic {} ms fixed + Exp({} ms) per batch (slept: the synthetic part). Deadline {} ms, hard deadline {} ms, linger {} ms. Hedge: {} after send, at most 1/k extra. Workers skip work already answered: {}. parm routes by health: {}.\n\n",
         scn.model_workers, scn.queries, scn.warmup, svc.max_batch, svc.model, svc.synthetic_ms, svc.synthetic_exp_ms, svc.deadline_ms, svc.hard_deadline_ms, svc.linger_ms,
         svc.hedge_after_ms.map_or(format!("observed p{}", svc.hedge_quantile * 100.0), |ms| format!("{ms} ms")),
         if svc.skip_answered { "yes" } else { "no" },
+        if svc.route_by_health { format!("yes (slow after {} ms)", svc.slow_after_ms()) } else { "no".into() },
     );
     md += "| mode | k | rate | contention | kafka | workers (model+parity) | p50 ms | p90 | p99 | p99.9 | mean | p99.9 − p50 | model | recon | unavail | missing | hedges (won) | degraded acc | load avg |\n";
     md += "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";

@@ -25,6 +25,7 @@ pub const SCHEMA_FILES: &[(&str, &str)] = &[
     ("parity-prediction.avsc", include_str!("../../../schemas/parity-prediction.avsc")),
     ("result.avsc", include_str!("../../../schemas/result.avsc")),
     ("dead-letter.avsc", include_str!("../../../schemas/dead-letter.avsc")),
+    ("worker-health.avsc", include_str!("../../../schemas/worker-health.avsc")),
 ];
 
 /// A record type with its schema file.
@@ -95,7 +96,8 @@ codecs!(
     "prediction.avsc",
     "parity-prediction.avsc",
     "result.avsc",
-    "dead-letter.avsc"
+    "dead-letter.avsc",
+    "worker-health.avsc"
 );
 
 fn codec_for(file: &str) -> &'static Codec {

@@ -53,6 +53,8 @@ pub struct Topics {
     pub parity_predictions: String,
     pub results: String,
     pub dead_letters: String,
+    /// Workers' health reports (`--report-health`), read by an encoder that routes by them.
+    pub health: String,
 }
 
 impl Topics {
@@ -67,6 +69,7 @@ impl Topics {
             parity_predictions: t("parity-predictions"),
             results: t("results"),
             dead_letters: t("dead-letters"),
+            health: t("health"),
         }
     }
 }
@@ -287,6 +290,7 @@ pub async fn create_topics(args: &KafkaArgs, layout: &TopicLayout) -> anyhow::Re
         (&t.parity_predictions, layout.decoder_partitions),
         (&t.results, layout.decoder_partitions),
         (&t.dead_letters, 1),
+        (&t.health, 1),
     ];
     let admin = args.admin()?;
     let new: Vec<NewTopic> = wanted
@@ -355,3 +359,30 @@ pub async fn partition_count(args: &KafkaArgs, topic: &str) -> anyhow::Result<i3
     .await?
 }
 
+
+/// A reader of `topic` from its current end, outside any consumer group's offsets: it only
+/// sees what is written from now on (the results a worker can skip, the health reports an
+/// encoder routes by). Its partitions are assigned by hand at their high watermarks, read
+/// before it returns, so nothing written after that can be missed (a consumer group joining
+/// "from the latest offset" settles its position only after the join, and a service stalled
+/// meanwhile would miss what was written during the stall). `purpose` names its group.
+pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
+    let partitions = partition_count(args, topic).await?;
+    let mut kafka = args.clone();
+    kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
+    let group = format!("{}-{purpose}-{}", kafka.topic_prefix, std::process::id());
+    let (reader, _) = kafka.consumer(&group)?;
+    // fetch_watermarks blocks on the broker: keep it off the runtime's async threads.
+    let from_end = tokio::task::block_in_place(|| -> anyhow::Result<TopicPartitionList> {
+        let mut from_end = TopicPartitionList::new();
+        for p in 0..partitions {
+            let (_, high) = reader
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .with_context(|| format!("reading the end of {topic}[{p}]"))?;
+            from_end.add_partition_offset(topic, p, Offset::Offset(high))?;
+        }
+        Ok(from_end)
+    })?;
+    reader.assign(&from_end)?;
+    Ok(reader)
+}

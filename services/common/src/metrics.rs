@@ -33,6 +33,7 @@ pub fn init(args: &MetricsArgs) -> anyhow::Result<()> {
 pub const ALL: &[&str] = &[
     names::ENCODER_QUERIES,
     names::ENCODER_GROUPS,
+    names::ENCODER_PARITY_RESENT,
     names::DEAD_LETTERS,
     names::WORKER_QUERIES,
     names::WORKER_SKIPPED,
@@ -50,8 +51,10 @@ pub const ALL: &[&str] = &[
 
 pub mod names {
     pub const ENCODER_QUERIES: &str = "parm_encoder_queries_total";
-    /// label `kind`: full | partial
+    /// label `kind`: full | partial | solo (a query bound for a slow worker, grouped alone)
     pub const ENCODER_GROUPS: &str = "parm_encoder_groups_total";
+    /// parity queries sent again because their parity worker turned slow
+    pub const ENCODER_PARITY_RESENT: &str = "parm_encoder_parity_resent_total";
     /// label `service`
     pub const DEAD_LETTERS: &str = "parm_dead_letters_total";
     /// label `role`: model | parity

@@ -164,6 +164,17 @@ pub struct DeadLetter {
     pub at_ms: i64,
 }
 
+/// `schemas/worker-health.avsc`: a worker's report of whether it is slow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerHealth {
+    pub worker: String,
+    pub role: String,
+    pub partitions: Vec<i32>,
+    pub slow: bool,
+    pub busy_since_ms: Option<i64>,
+    pub at_ms: i64,
+}
+
 macro_rules! avro_record {
     ($($t:ty => $file:literal),* $(,)?) => {
         $(impl AvroRecord for $t { const SCHEMA_FILE: &'static str = $file; })*
@@ -178,6 +189,7 @@ avro_record!(
     ParityPrediction => "parity-prediction.avsc",
     QueryResult => "result.avsc",
     DeadLetter => "dead-letter.avsc",
+    WorkerHealth => "worker-health.avsc",
 );
 
 #[cfg(test)]
@@ -234,6 +246,10 @@ mod tests {
             at_ms: 5,
         };
         assert_eq!(decode::<DeadLetter>(&encode(&d).unwrap()).unwrap(), d);
+        for busy_since_ms in [Some(9), None] {
+            let h = WorkerHealth { worker: "model-1".into(), role: "model".into(), partitions: vec![3, 4], slow: true, busy_since_ms, at_ms: 10 };
+            assert_eq!(decode::<WorkerHealth>(&encode(&h).unwrap()).unwrap(), h);
+        }
     }
 
     #[test]

@@ -96,6 +96,12 @@ impl<Q> GroupBuilder<Q> {
         all.into_iter().filter_map(|p| self.close(p)).collect()
     }
 
+    /// Closes the open group of `input_partition` now, if there is one (the encoder closes a
+    /// group early to give a query bound for a slow worker a group of its own).
+    pub fn close_now(&mut self, input_partition: i32) -> Option<ClosedGroup<Q>> {
+        self.close(input_partition)
+    }
+
     /// Drops the open group of a partition without closing it (its queries will be
     /// replayed by whoever owns the partition next).
     pub fn forget(&mut self, input_partition: i32) {
@@ -219,6 +225,11 @@ mod tests {
         assert_eq!(lone.len(), 1);
         assert_eq!(lone[0].members[0].query, "c");
         assert_eq!(b.next_deadline(), None);
+        assert!(b.push(1, 1, "d", 300).is_none());
+        let early = b.close_now(1).unwrap();
+        assert_eq!((early.id.as_str(), early.members.len()), ("p1-o1", 1));
+        assert!(b.close_now(1).is_none(), "nothing open any more");
+        assert_eq!(b.peek_slot(1, 2).index, 0, "the next query starts a group");
     }
 
     #[test]

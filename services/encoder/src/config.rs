@@ -28,6 +28,16 @@ pub struct EncoderArgs {
     /// baseline of the latency benchmark). Groups still form, to keep the bookkeeping.
     #[arg(long, env = "PARM_NO_PARITY")]
     pub no_parity: bool,
+    /// Read the workers' health reports (PREFIX.health; start them with --report-health):
+    /// a query bound for a slow model worker is grouped alone, parity queries go to healthy
+    /// parity workers, and a parity worker that turns slow has its recent parity queries
+    /// sent again to others. Member queries go where they would go without it.
+    #[arg(long, env = "PARM_ROUTE_BY_HEALTH")]
+    pub route_by_health: bool,
+    /// With --route-by-health: how far back (ms) parity queries are sent again when their
+    /// parity worker turns slow.
+    #[arg(long, env = "PARM_RESEND_WINDOW_MS", default_value_t = 500)]
+    pub resend_window_ms: u64,
     /// Consumer group of the encoders (default: PREFIX-encoder).
     #[arg(long, env = "PARM_ENCODER_GROUP")]
     pub group: Option<String>,

@@ -11,14 +11,20 @@
 //!   the group manifest to `parm.groups`, so the decoder knows every query and deadline
 //!   even if no prediction ever arrives.
 //!
+//! With `--route-by-health` it also reads the workers' health reports ([`health`]): a query
+//! bound for a slow model worker is grouped alone, parity goes to healthy parity workers, and
+//! a parity worker that turns slow has its recent parity queries sent again elsewhere.
+//!
 //! An input offset is committed only once all of its group's records are acknowledged.
 //! Bad queries become dead letters; every other query goes on.
 //!
 //! ## Layout
 //! - [`config`]: flags and what is read from the parity model's manifest.
+//! - [`health`]: the workers' health as reported, and the recent parity queries.
 //! - [`service`]: the consume–group–produce loop.
 
 pub mod config;
+pub mod health;
 pub mod service;
 
 pub use config::EncoderArgs;

@@ -1,11 +1,12 @@
 //! The encoder loop: consume queries, close groups, produce members, parity and manifest.
 
 use crate::config::{CodingPlan, EncoderArgs};
+use crate::health::{HealthView, ParityLog, SentParity};
 use opentelemetry::Context;
 use parm_common::kafka::{self, partition_count, store_offsets, Topics};
 use parm_common::metrics::names;
 use parm_common::outbox::Outbox;
-use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor};
+use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor, WorkerHealth};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::{avro, dead_letter, now_ms};
@@ -13,8 +14,9 @@ use parm_core::grouping::{group_partition, ClosedGroup, GroupBuilder, MemberPart
 use parm_core::offsets::{OffsetTracker, Origin};
 use parm_core::Tensor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use anyhow::Context as _;
 use std::time::Duration;
 
 const SERVICE: &str = "encoder";
@@ -45,6 +47,11 @@ struct Encoder {
     decoder_partitions: i32,
     builder: GroupBuilder<Accepted>,
     outbox: Outbox,
+    /// With --route-by-health: the workers' health and the parity queries sent recently.
+    health: Option<(HealthView, ParityLog<OwnedHeaders>)>,
+    /// Groups sent by kind (full, partial, solo) and parity queries sent again, for the
+    /// summary logged at the end (the same counts go to the metrics as they happen).
+    counts: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Runs the encoder until `shutdown` fires or a write fails (then it returns the error
@@ -65,8 +72,17 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let producer = args.common.kafka.producer()?;
     let (consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.queries])?;
-    tracing::info!(k = plan.k, encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
+    let health_reader = if args.route_by_health {
+        let reader = kafka::tail_reader(&args.common.kafka, &topics.health, "health")
+            .await
+            .with_context(|| format!("--route-by-health reads {}; create it with parm topics create", topics.health))?;
+        Some(reader)
+    } else {
+        None
+    };
+    tracing::info!(route_by_health = args.route_by_health, k = plan.k, encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
 
+    let resend_window_ms = args.resend_window_ms;
     let mut enc = Encoder {
         builder: GroupBuilder::new(plan.k, args.linger_ms),
         group: args.group_name(),
@@ -78,6 +94,8 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         parity_partitions,
         decoder_partitions,
         outbox: Outbox::new(),
+        health: health_reader.is_some().then(|| (HealthView::default(), ParityLog::new(resend_window_ms))),
+        counts: Default::default(),
     };
     let mut generation = rebalances.get();
     let mut last_store = std::time::Instant::now();
@@ -88,9 +106,10 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             done = enc.outbox.next_done() => done?,
             _ = tokio::time::sleep(Duration::from_millis(linger.unwrap_or(0))), if linger.is_some() => {
                 for g in enc.builder.poll_expired(now_ms()) {
-                    enc.send_group(g).await?;
+                    enc.send_group(g, false).await?;
                 }
             }
+            report = next_report(health_reader.as_ref()) => enc.on_health(&report?).await?,
             msg = consumer.recv() => {
                 let msg = msg?;
                 if rebalances.get() != generation {
@@ -108,13 +127,21 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         }
     }
     for g in enc.builder.flush() {
-        enc.send_group(g).await?;
+        enc.send_group(g, false).await?;
     }
     enc.outbox.drain().await?;
     store(&consumer, &enc);
     let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
-    tracing::info!("encoder stopped");
+    tracing::info!(counts = ?enc.counts, "encoder stopped");
     Ok(())
+}
+
+/// The next health report, or never without a reader.
+async fn next_report(reader: Option<&StreamConsumer<kafka::ParmContext>>) -> anyhow::Result<rdkafka::message::OwnedMessage> {
+    match reader {
+        Some(r) => Ok(r.recv().await?.detach()),
+        None => std::future::pending().await,
+    }
 }
 
 fn store(consumer: &StreamConsumer<kafka::ParmContext>, enc: &Encoder) {
@@ -140,9 +167,17 @@ impl Encoder {
         match self.validate(msg.payload().unwrap_or_default()) {
             Ok((query, tensor)) => {
                 metrics::counter!(names::ENCODER_QUERIES).increment(1);
+                let solo = self.bound_for_slow_worker(msg.partition(), msg.offset(), received_at);
+                if solo {
+                    // Its group must not wait for a partner: close what is open, then it alone.
+                    if let Some(g) = self.builder.close_now(msg.partition()) {
+                        self.send_group(g, false).await?;
+                    }
+                }
                 let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, received_at, origin, cx).await?;
-                if let Some(g) = self.builder.push(msg.partition(), msg.offset(), accepted, received_at) {
-                    self.send_group(g).await?;
+                let closed = self.builder.push(msg.partition(), msg.offset(), accepted, received_at);
+                if let Some(g) = closed.or_else(|| if solo { self.builder.close_now(msg.partition()) } else { None }) {
+                    self.send_group(g, solo).await?;
                 }
             }
             Err((query_id, reason)) => {
@@ -150,6 +185,48 @@ impl Encoder {
                 let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
                 self.outbox.push(vec![origin], vec![(f, self.topics.dead_letters.clone())]);
             }
+        }
+        Ok(())
+    }
+
+    /// Whether the next query of `input_partition` would go to a model worker that says it
+    /// is slow (never without --route-by-health).
+    fn bound_for_slow_worker(&mut self, input_partition: i32, offset: i64, now: u64) -> bool {
+        let Some((view, _)) = &self.health else { return false };
+        let slot = self.builder.peek_slot(input_partition, offset);
+        let model_partition = self.member_partitions.get(slot.first_offset, slot.index);
+        view.is_slow("model", model_partition, now)
+    }
+
+    /// A health report arrived: remember it, and if a parity worker has just turned slow,
+    /// send the parity queries it was given lately to healthy ones.
+    async fn on_health(&mut self, msg: &rdkafka::message::OwnedMessage) -> anyhow::Result<()> {
+        let now = now_ms();
+        let Some((view, log)) = &mut self.health else { return Ok(()) };
+        let report: WorkerHealth = match avro::decode(msg.payload().unwrap_or_default()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("ignoring an unreadable health report: {e:#}");
+                return Ok(());
+            }
+        };
+        let mut sends = Vec::new();
+        for slow in view.record(report, now) {
+            for sent in log.take_recent(slow, now) {
+                let target = view.healthy_parity_partition((slow + 1) % self.parity_partitions, self.parity_partitions, now);
+                if target == slow {
+                    continue; // every parity worker is slow: nowhere better to go
+                }
+                let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(target), &sent.group_id, &sent.payload, sent.headers.clone()).await?;
+                sends.push((f, self.topics.parity_queries.clone()));
+            }
+        }
+        if !sends.is_empty() {
+            metrics::counter!(names::ENCODER_PARITY_RESENT).increment(sends.len() as u64);
+            *self.counts.entry("parity resent").or_default() += sends.len() as u64;
+            tracing::debug!(resent = sends.len(), "a parity worker turned slow: its recent parity queries went to others");
+            // Nothing to release on acknowledgement: the originals already hold their inputs.
+            self.outbox.push(Vec::new(), sends);
         }
         Ok(())
     }
@@ -215,7 +292,8 @@ impl Encoder {
     }
 
     /// Sends a closed group's parity query and manifest.
-    async fn send_group(&mut self, g: ClosedGroup<Accepted>) -> anyhow::Result<()> {
+    /// `solo`: the group was closed early for a query bound for a slow worker (for metrics).
+    async fn send_group(&mut self, g: ClosedGroup<Accepted>, solo: bool) -> anyhow::Result<()> {
         let now = now_ms();
         let decoder_partition = group_partition(&g.id, self.decoder_partitions);
         let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
@@ -243,10 +321,18 @@ impl Encoder {
                 decoder_partition,
                 hard_deadline_at_ms: hard_deadline_at,
             };
-            let parity_partition = group_partition(&g.id, self.parity_partitions);
+            let mut parity_partition = group_partition(&g.id, self.parity_partitions);
+            if let Some((view, _)) = &self.health {
+                parity_partition = view.healthy_parity_partition(parity_partition, self.parity_partitions, now);
+            }
             // The parity query starts a trace of its own, linked to every member it encodes.
             let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
-            let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &avro::encode(&parity)?, telemetry::inject(&cx)).await?;
+            let payload = avro::encode(&parity)?;
+            let headers = telemetry::inject(&cx);
+            if let Some((_, log)) = &mut self.health {
+                log.push(parity_partition, SentParity { at: now, group_id: g.id.clone(), payload: payload.clone(), headers: headers.clone() });
+            }
+            let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &payload, headers).await?;
             sends.push((f, self.topics.parity_queries.clone()));
         }
 
@@ -262,8 +348,15 @@ impl Encoder {
         let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;
         sends.push((f, self.topics.groups.clone()));
 
-        let kind = if members == self.plan.k { "full" } else { "partial" };
+        let kind = if members == self.plan.k {
+            "full"
+        } else if solo {
+            "solo"
+        } else {
+            "partial"
+        };
         metrics::counter!(names::ENCODER_GROUPS, "kind" => kind).increment(1);
+        *self.counts.entry(kind).or_default() += 1;
         // Each query was held on receipt; the hold goes once all of the group is written.
         self.outbox.push(origins, sends);
         Ok(())

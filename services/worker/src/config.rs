@@ -44,6 +44,14 @@ pub struct WorkerArgs {
     /// (the paper's cancellation of queued work).
     #[arg(long, env = "PARM_SKIP_ANSWERED")]
     pub skip_answered: bool,
+    /// Report whether this worker is slow to PREFIX.health (on change and once a second),
+    /// for an encoder started with --route-by-health.
+    #[arg(long, env = "PARM_REPORT_HEALTH")]
+    pub report_health: bool,
+    /// A batch running longer than this (ms) makes the worker slow (with --report-health);
+    /// set it to a few times the model's usual batch time.
+    #[arg(long, env = "PARM_SLOW_AFTER_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub slow_after_ms: u64,
     /// Name of this worker in predictions and logs (default: role-pid).
     #[arg(long, env = "PARM_WORKER_ID")]
     pub worker_id: Option<String>,

@@ -15,11 +15,14 @@
 //! - [`answered`]: what the results topic says is answered, for skipping queued work.
 //! - [`config`]: flags, and the role (model or parity).
 //! - [`delay`]: seeded injected service time: a per-batch distribution and slow episodes.
+//! - [`health`]: timing of its own batches and reports of whether it is slow
+//!   (`--report-health`), for an encoder that routes coding groups around slow workers.
 //! - [`service`]: the consume–batch–infer–produce loop.
 
 pub mod answered;
 pub mod config;
 pub mod delay;
+pub mod health;
 pub mod service;
 
 pub use config::{Role, WorkerArgs};

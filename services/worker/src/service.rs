@@ -4,6 +4,7 @@
 use crate::answered::Answered;
 use crate::config::{Role, WorkerArgs};
 use crate::delay::DelayModel;
+use crate::health::HealthReporter;
 use opentelemetry::{Context, KeyValue};
 use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
 use parm_common::metrics::names;
@@ -18,7 +19,6 @@ use parm_core::Tensor;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
 use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +55,9 @@ struct Worker {
     skip_expired: bool,
     /// With `--skip-answered`: a reader of the results topic and what it has seen.
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
+    /// Queries run and skipped (by reason), for the summary logged at the end (the same
+    /// counts go to the metrics as they happen).
+    counts: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Runs a worker of `role` until `shutdown` fires or a write fails.
@@ -76,7 +79,16 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let group = args.group_name(role);
     let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
-    let answered = if args.skip_answered { Some((results_reader(&args, &topics).await?, Answered::new(60_000))) } else { None };
+    let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered").await?, Answered::new(60_000))) } else { None };
+    let producer = args.common.kafka.producer()?;
+    let health = if args.report_health {
+        kafka::partition_count(&args.common.kafka, &topics.health)
+            .await
+            .with_context(|| format!("--report-health needs the topic {}; create it with parm topics create", topics.health))?;
+        Some(HealthReporter::spawn(producer.clone(), topics.health.clone(), args.worker_name(role), role.as_str(), args.slow_after_ms))
+    } else {
+        None
+    };
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -85,11 +97,12 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         input_topic,
         output_topic,
         model,
-        producer: args.common.kafka.producer()?,
+        producer,
         outbox: Outbox::new(),
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,
         answered,
+        counts: Default::default(),
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
     let max_batch = args.max_batch.max(1);
@@ -101,7 +114,8 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
             msg = consumer.recv() => msg?,
         };
-        if rebalances.get() != generation {
+        let reassigned = rebalances.get() != generation;
+        if reassigned {
             generation = rebalances.get();
             w.outbox.tracker = OffsetTracker::new();
         }
@@ -113,40 +127,28 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
                 _ = tokio::time::sleep_until(until.into()) => break,
             }
         }
-        w.process(&batch).await?;
+        if let Some(h) = &health {
+            if reassigned || batch.iter().any(|m| !h.partitions().contains(&m.partition())) {
+                h.set_partitions(owned_partitions(&consumer));
+            }
+            h.begin(now_ms());
+        }
+        let worked = w.process(&batch).await?;
+        if let Some(h) = &health {
+            h.end(now_ms(), worked);
+        }
         store(&consumer, &w);
     }
     w.outbox.drain().await?;
     store(&consumer, &w);
     let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    tracing::info!(worker = %w.name, "worker stopped");
+    tracing::info!(worker = %w.name, counts = ?w.counts, "worker stopped");
     Ok(())
 }
 
-/// A reader of the results topic from its current end: it only learns what is answered
-/// from now on. Its partitions are assigned by hand at their high watermarks, read before
-/// the worker takes any query, so nothing answered after that can be missed (a consumer
-/// group joining "from the latest offset" would settle its position only after the join,
-/// and a worker stalled meanwhile would miss what was answered during the stall).
-async fn results_reader(args: &WorkerArgs, topics: &Topics) -> anyhow::Result<StreamConsumer<ParmContext>> {
-    let partitions = kafka::partition_count(&args.common.kafka, &topics.results).await?;
-    let mut kafka = args.common.kafka.clone();
-    kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
-    let group = format!("{}-answered-{}", kafka.topic_prefix, std::process::id());
-    let (reader, _) = kafka.consumer(&group)?;
-    // fetch_watermarks blocks on the broker: keep it off the runtime's async threads.
-    let from_end = tokio::task::block_in_place(|| -> anyhow::Result<TopicPartitionList> {
-        let mut from_end = TopicPartitionList::new();
-        for p in 0..partitions {
-            let (_, high) = reader
-                .fetch_watermarks(&topics.results, p, Duration::from_secs(10))
-                .with_context(|| format!("reading the end of {}[{p}]", topics.results))?;
-            from_end.add_partition_offset(&topics.results, p, Offset::Offset(high))?;
-        }
-        Ok(from_end)
-    })?;
-    reader.assign(&from_end)?;
-    Ok(reader)
+/// The input partitions assigned to this worker now.
+fn owned_partitions(consumer: &StreamConsumer<ParmContext>) -> Vec<i32> {
+    consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
 }
 
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
@@ -188,7 +190,8 @@ impl Worker {
         }
     }
 
-    async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<()> {
+    /// Runs a batch; returns whether the model ran (false when every query was skipped).
+    async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<bool> {
         self.catch_up_answered();
         let now = now_ms() as i64;
         let mut items = Vec::with_capacity(batch.len());
@@ -199,6 +202,7 @@ impl Worker {
                 Ok(item) => match self.skip_reason(&item, now) {
                     Some(reason) => {
                         metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str(), "reason" => reason).increment(1);
+                        *self.counts.entry(reason).or_default() += 1;
                         self.outbox.tracker.release(origin);
                     }
                     None => items.push(item),
@@ -211,7 +215,7 @@ impl Worker {
             }
         }
         if items.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         let started = Instant::now();
         let model = self.model.clone();
@@ -234,6 +238,7 @@ impl Worker {
         metrics::histogram!(names::WORKER_BATCH_SIZE, "role" => role).record(items.len() as f64);
         metrics::histogram!(names::WORKER_INFERENCE_SECONDS, "role" => role).record(inference_us as f64 / 1e6);
         metrics::counter!(names::WORKER_QUERIES, "role" => role).increment(items.len() as u64);
+        *self.counts.entry("run").or_default() += items.len() as u64;
 
         let finished = now_ms() as i64;
         let mut sends = Vec::with_capacity(items.len());
@@ -270,7 +275,7 @@ impl Worker {
             sends.push((f, self.output_topic.clone()));
         }
         self.outbox.push(items.iter().map(|i| i.origin).collect(), sends);
-        Ok(())
+        Ok(true)
     }
 
     fn service(&self) -> &'static str {

@@ -26,7 +26,7 @@ pub async fn run(args: TopicsArgs) -> anyhow::Result<()> {
         }
         TopicsAction::List => {
             let t = args.kafka.topics();
-            for name in [&t.queries, &t.model_queries, &t.parity_queries, &t.groups, &t.predictions, &t.parity_predictions, &t.results, &t.dead_letters] {
+            for name in [&t.queries, &t.model_queries, &t.parity_queries, &t.groups, &t.predictions, &t.parity_predictions, &t.results, &t.dead_letters, &t.health] {
                 match partition_count(&args.kafka, name).await {
                     Ok(n) => println!("{name}\t{n} partitions"),
                     Err(_) => println!("{name}\tmissing"),

@@ -1,0 +1,154 @@
+//! What the encoder knows of its workers' health (`--route-by-health`), and the recent
+//! parity queries it may send again.
+//!
+//! Workers started with `--report-health` say on `PREFIX.health` whether they are slow (see
+//! `parm_worker::health`). The encoder uses it three ways, none of which changes where a
+//! member query goes (that stays the plain round robin the baselines use):
+//! - a query bound for a slow model worker gets a coding group of its own, closed at once,
+//!   so its reconstruction waits for no partner that could be slow too;
+//! - a parity query goes to a healthy parity worker;
+//! - when a parity worker turns slow, the parity queries sent to it in the last
+//!   `resend_window_ms` go again to healthy ones (the decoder keeps whichever output comes
+//!   first, and a parity worker skips a group whose members are all answered).
+//!
+//! A worker silent for [`STALE_MS`] is forgotten (it died, or its partitions moved).
+
+use parm_common::records::WorkerHealth;
+use std::collections::{HashMap, VecDeque};
+
+/// How long a report stands without a newer one (workers repeat theirs every second).
+pub const STALE_MS: u64 = 3000;
+
+#[derive(Debug, Clone)]
+struct Report {
+    role: String,
+    partitions: Vec<i32>,
+    slow: bool,
+    at: u64,
+}
+
+/// The latest report of every worker heard from.
+#[derive(Debug, Default)]
+pub struct HealthView {
+    workers: HashMap<String, Report>,
+}
+
+impl HealthView {
+    /// Takes a report received at `now`; returns the partitions of a parity worker that has
+    /// just turned slow (their recent parity queries should go again), else nothing.
+    pub fn record(&mut self, h: WorkerHealth, now: u64) -> Vec<i32> {
+        self.workers.retain(|_, r| now < r.at + STALE_MS);
+        let was_slow = self.workers.get(&h.worker).is_some_and(|r| r.slow);
+        let turned_slow = h.slow && !was_slow && h.role == "parity";
+        let partitions = h.partitions.clone();
+        self.workers.insert(h.worker, Report { role: h.role, partitions: h.partitions, slow: h.slow, at: now });
+        if turned_slow {
+            partitions
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Whether a worker of `role` ("model" or "parity") that owns `partition` said last,
+    /// within [`STALE_MS`] of `now`, that it is slow.
+    pub fn is_slow(&self, role: &str, partition: i32, now: u64) -> bool {
+        self.workers
+            .values()
+            .any(|r| r.slow && r.role == role && now < r.at + STALE_MS && r.partitions.contains(&partition))
+    }
+
+    /// The first partition from `preferred` on (wrapping around `partitions`) whose parity
+    /// worker is not slow; `preferred` itself when all are.
+    pub fn healthy_parity_partition(&self, preferred: i32, partitions: i32, now: u64) -> i32 {
+        (0..partitions)
+            .map(|i| (preferred + i) % partitions)
+            .find(|p| !self.is_slow("parity", *p, now))
+            .unwrap_or(preferred)
+    }
+}
+
+/// A parity query as sent, kept for a possible second send.
+#[derive(Debug, Clone)]
+pub struct SentParity<H> {
+    pub at: u64,
+    pub group_id: String,
+    pub payload: Vec<u8>,
+    pub headers: H,
+}
+
+/// The parity queries sent to each partition within the resend window.
+#[derive(Debug)]
+pub struct ParityLog<H> {
+    window_ms: u64,
+    by_partition: HashMap<i32, VecDeque<SentParity<H>>>,
+}
+
+impl<H> ParityLog<H> {
+    pub fn new(window_ms: u64) -> Self {
+        Self { window_ms, by_partition: HashMap::new() }
+    }
+
+    pub fn push(&mut self, partition: i32, sent: SentParity<H>) {
+        let now = sent.at;
+        let log = self.by_partition.entry(partition).or_default();
+        log.push_back(sent);
+        while log.front().is_some_and(|s| s.at + self.window_ms < now) {
+            log.pop_front();
+        }
+    }
+
+    /// Takes out what went to `partition` within the window before `now`: each parity query
+    /// is sent again at most once.
+    pub fn take_recent(&mut self, partition: i32, now: u64) -> Vec<SentParity<H>> {
+        let window = self.window_ms;
+        self.by_partition
+            .remove(&partition)
+            .map(|log| log.into_iter().filter(|s| s.at + window >= now).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(worker: &str, role: &str, partitions: Vec<i32>, slow: bool) -> WorkerHealth {
+        WorkerHealth { worker: worker.into(), role: role.into(), partitions, slow, busy_since_ms: None, at_ms: 0 }
+    }
+
+    #[test]
+    fn slow_workers_are_known_by_role_and_partition_until_they_recover_or_go_silent() {
+        let mut v = HealthView::default();
+        assert!(v.record(report("m1", "model", vec![0, 1], true), 100).is_empty(), "a model worker: nothing to resend");
+        assert!(v.is_slow("model", 1, 100));
+        assert!(!v.is_slow("parity", 1, 100), "roles have partitions of their own");
+        assert!(!v.is_slow("model", 2, 100));
+        v.record(report("m1", "model", vec![0, 1], false), 200);
+        assert!(!v.is_slow("model", 0, 200), "recovered");
+
+        assert_eq!(v.record(report("p1", "parity", vec![3], true), 300), vec![3], "turned slow: resend");
+        assert!(v.record(report("p1", "parity", vec![3], true), 400).is_empty(), "still slow: no second resend");
+        assert!(v.is_slow("parity", 3, 400));
+        assert_eq!(v.healthy_parity_partition(3, 4, 400), 0, "skips the slow one, wrapping around");
+        assert_eq!(v.healthy_parity_partition(2, 4, 400), 2);
+        assert!(!v.is_slow("parity", 3, 400 + STALE_MS), "a silent worker is forgotten");
+
+        for p in 0..2 {
+            v.record(report(&format!("q{p}"), "parity", vec![p], true), 500);
+        }
+        assert_eq!(v.healthy_parity_partition(1, 2, 500), 1, "all slow: the preferred one");
+    }
+
+    #[test]
+    fn the_log_gives_each_recent_parity_once() {
+        let mut log = ParityLog::new(500);
+        for (at, g) in [(0, "a"), (400, "b"), (600, "c")] {
+            log.push(1, SentParity { at, group_id: g.into(), payload: vec![], headers: () });
+        }
+        log.push(2, SentParity { at: 600, group_id: "d".into(), payload: vec![], headers: () });
+        let ids: Vec<String> = log.take_recent(1, 700).into_iter().map(|s| s.group_id).collect();
+        assert_eq!(ids, ["b", "c"], "'a' is older than the window");
+        assert!(log.take_recent(1, 700).is_empty(), "taken once");
+        assert_eq!(log.take_recent(2, 700).len(), 1);
+    }
+}
