@@ -35,7 +35,8 @@ pub struct EncoderArgs {
     #[arg(long, env = "PARM_ROUTE_BY_HEALTH")]
     pub route_by_health: bool,
     /// With --route-by-health: how far back (ms) parity queries are sent again when their
-    /// parity worker turns slow.
+    /// parity worker turns slow (0: never send copies; they cost parity work, which a
+    /// machine short of CPU pays for everywhere).
     #[arg(long, env = "PARM_RESEND_WINDOW_MS", default_value_t = 500)]
     pub resend_window_ms: u64,
     /// Consumer group of the encoders (default: PREFIX-encoder).

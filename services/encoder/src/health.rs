@@ -12,6 +12,12 @@
 //!   first, and a parity worker skips a group whose members are all answered).
 //!
 //! A worker silent for [`STALE_MS`] is forgotten (it died, or its partitions moved).
+//!
+//! When more than half of the workers of a role say they are slow, the slowness is the
+//! machine's or the whole deployment's (a CPU hog, an overloaded broker), not a straggler's:
+//! routing around them cannot help, and groups of one and parity copies would only add work
+//! where there is no capacity to spare. Routing then stands down for that role until most
+//! of its workers are well again.
 
 use parm_common::records::WorkerHealth;
 use std::collections::{HashMap, VecDeque};
@@ -42,7 +48,7 @@ impl HealthView {
         let turned_slow = h.slow && !was_slow && h.role == "parity";
         let partitions = h.partitions.clone();
         self.workers.insert(h.worker, Report { role: h.role, partitions: h.partitions, slow: h.slow, at: now });
-        if turned_slow {
+        if turned_slow && !self.widespread("parity", now) {
             partitions
         } else {
             Vec::new()
@@ -50,11 +56,20 @@ impl HealthView {
     }
 
     /// Whether a worker of `role` ("model" or "parity") that owns `partition` said last,
-    /// within [`STALE_MS`] of `now`, that it is slow.
+    /// within [`STALE_MS`] of `now`, that it is slow, while most of that role's workers
+    /// are not.
     pub fn is_slow(&self, role: &str, partition: i32, now: u64) -> bool {
-        self.workers
-            .values()
-            .any(|r| r.slow && r.role == role && now < r.at + STALE_MS && r.partitions.contains(&partition))
+        !self.widespread(role, now) && self.fresh(role, now).any(|r| r.slow && r.partitions.contains(&partition))
+    }
+
+    /// Whether more than half of the workers of `role` heard from lately say they are slow.
+    pub fn widespread(&self, role: &str, now: u64) -> bool {
+        let (slow, all) = self.fresh(role, now).fold((0, 0), |(s, a), r| (s + usize::from(r.slow), a + 1));
+        2 * slow > all
+    }
+
+    fn fresh<'a>(&'a self, role: &'a str, now: u64) -> impl Iterator<Item = &'a Report> + 'a {
+        self.workers.values().filter(move |r| r.role == role && now < r.at + STALE_MS)
     }
 
     /// The first partition from `preferred` on (wrapping around `partitions`) whose parity
@@ -119,6 +134,12 @@ mod tests {
     #[test]
     fn slow_workers_are_known_by_role_and_partition_until_they_recover_or_go_silent() {
         let mut v = HealthView::default();
+        // Healthy peers, repeating their reports (a slow worker is judged among its role's).
+        let peers = |v: &mut HealthView, now: u64| {
+            v.record(report("m9", "model", vec![9], false), now);
+            v.record(report("p9", "parity", vec![2], false), now);
+        };
+        peers(&mut v, 100);
         assert!(v.record(report("m1", "model", vec![0, 1], true), 100).is_empty(), "a model worker: nothing to resend");
         assert!(v.is_slow("model", 1, 100));
         assert!(!v.is_slow("parity", 1, 100), "roles have partitions of their own");
@@ -131,12 +152,27 @@ mod tests {
         assert!(v.is_slow("parity", 3, 400));
         assert_eq!(v.healthy_parity_partition(3, 4, 400), 0, "skips the slow one, wrapping around");
         assert_eq!(v.healthy_parity_partition(2, 4, 400), 2);
+        peers(&mut v, 400 + STALE_MS - 1);
         assert!(!v.is_slow("parity", 3, 400 + STALE_MS), "a silent worker is forgotten");
+    }
 
-        for p in 0..2 {
-            v.record(report(&format!("q{p}"), "parity", vec![p], true), 500);
+    #[test]
+    fn routing_stands_down_when_most_workers_of_a_role_are_slow() {
+        let mut v = HealthView::default();
+        for p in 0..4 {
+            v.record(report(&format!("m{p}"), "model", vec![p], p < 2), 0);
         }
-        assert_eq!(v.healthy_parity_partition(1, 2, 500), 1, "all slow: the preferred one");
+        assert!(v.is_slow("model", 0, 0), "two of four: stragglers");
+        v.record(report("m2", "model", vec![2], true), 1);
+        assert!(v.widespread("model", 1));
+        assert!(!v.is_slow("model", 0, 1), "three of four: the machine, not a worker");
+        for p in 0..3 {
+            v.record(report(&format!("p{p}"), "parity", vec![p], false), 2);
+        }
+        assert_eq!(v.record(report("p0", "parity", vec![0], true), 3), vec![0], "one of three parity workers: resend");
+        assert!(v.record(report("p1", "parity", vec![1], true), 4).is_empty(), "two of three: no resend");
+        assert!(!v.is_slow("parity", 0, 4));
+        assert_eq!(v.healthy_parity_partition(0, 3, 4), 0, "standing down: the preferred one");
     }
 
     #[test]

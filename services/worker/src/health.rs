@@ -10,7 +10,10 @@
 //!
 //! The reporter sends a [`WorkerHealth`] record to `PREFIX.health` when the state changes
 //! and once a second (so an encoder that starts late learns it), from a task of its own:
-//! a batch stuck in a long inference is reported while it runs.
+//! a batch stuck in a long inference is reported while it runs. The task wakes only when
+//! the state can change (a batch starts or ends, a batch reaches `slow_after_ms`, an idle
+//! spell does) or a repeat is due: on a machine short of CPU, a worker that polled its own
+//! state every few milliseconds would take CPU from the broker and the other services.
 
 use parm_common::avro;
 use parm_common::now_ms;
@@ -19,8 +22,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How often the reporter looks at the state, and how often an unchanged state is repeated.
-const TICK_MS: u64 = 10;
+/// How often an unchanged state is repeated.
 const REPEAT_MS: u64 = 1000;
 
 /// The timing of a worker's batches, and the rule that makes it slow (pure, for tests).
@@ -55,6 +57,17 @@ impl Timing {
         self.busy_since
     }
 
+    /// When, after `now`, [`Self::is_slow`] would change by the passing of time alone, if
+    /// it would.
+    pub fn next_change(&self, now: u64) -> Option<u64> {
+        let at = match self.busy_since {
+            Some(since) if !self.last_slow => since + self.slow_after_ms,
+            None if self.last_slow => self.idle_since + self.slow_after_ms,
+            _ => return None,
+        };
+        (at > now).then_some(at)
+    }
+
     pub fn is_slow(&self, now: u64) -> bool {
         match self.busy_since {
             Some(since) => self.last_slow || now.saturating_sub(since) >= self.slow_after_ms,
@@ -73,6 +86,8 @@ struct Shared {
 /// Sends this worker's health reports until dropped.
 pub struct HealthReporter {
     shared: Arc<Mutex<Shared>>,
+    /// Wakes the reporter when a batch starts or ends.
+    wake: Arc<tokio::sync::Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -80,40 +95,49 @@ impl HealthReporter {
     pub fn spawn(producer: FutureProducer, topic: String, worker: String, role: &'static str, slow_after_ms: u64) -> Self {
         let shared = Arc::new(Mutex::new(Shared { timing: Timing::new(slow_after_ms), partitions: Vec::new() }));
         let state = shared.clone();
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let woken = wake.clone();
         let task = tokio::spawn(async move {
             let mut last: Option<(bool, u64)> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
             loop {
-                tick.tick().await;
                 let now = now_ms();
-                let report = {
+                let (report, next_change) = {
                     let s = state.lock().expect("health state");
                     let slow = s.timing.is_slow(now);
-                    if last.is_some_and(|(was, at)| was == slow && now < at + REPEAT_MS) {
-                        continue;
-                    }
-                    WorkerHealth {
+                    let due = !last.is_some_and(|(was, at)| was == slow && now < at + REPEAT_MS);
+                    let report = due.then(|| WorkerHealth {
                         worker: worker.clone(),
                         role: role.to_string(),
                         partitions: s.partitions.clone(),
                         slow,
                         busy_since_ms: s.timing.busy_since().map(|t| t as i64),
                         at_ms: now as i64,
-                    }
+                    });
+                    (report, s.timing.next_change(now))
                 };
-                last = Some((report.slow, now));
-                send(&producer, &topic, &report);
+                if let Some(report) = report {
+                    last = Some((report.slow, now));
+                    send(&producer, &topic, &report);
+                }
+                let repeat_at = last.map_or(now, |(_, at)| at + REPEAT_MS);
+                let wake_at = next_change.map_or(repeat_at, |t| t.min(repeat_at)).max(now + 1);
+                tokio::select! {
+                    _ = woken.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wake_at - now)) => {}
+                }
             }
         });
-        Self { shared, task }
+        Self { shared, wake, task }
     }
 
     pub fn begin(&self, now: u64) {
         self.shared.lock().expect("health state").timing.begin(now);
+        self.wake.notify_one();
     }
 
     pub fn end(&self, now: u64, worked: bool) {
         self.shared.lock().expect("health state").timing.end(now, worked);
+        self.wake.notify_one();
     }
 
     /// The partitions this worker owns now.
@@ -152,6 +176,8 @@ mod tests {
         let mut t = Timing::new(80);
         assert!(!t.is_slow(0), "a fresh worker is healthy");
         t.begin(100);
+        assert_eq!(t.next_change(100), Some(180), "wake when the batch reaches 80 ms");
+        assert_eq!(t.next_change(180), None, "past it: slow until the batch ends");
         assert!(!t.is_slow(179));
         assert!(t.is_slow(180), "the batch in service has run 80 ms");
         t.end(250, true);
@@ -160,9 +186,11 @@ mod tests {
         assert!(t.is_slow(270), "still slow until a batch is fast");
         t.end(300, true);
         assert!(!t.is_slow(300), "a 40 ms batch: healthy again");
+        assert_eq!(t.next_change(300), None, "idle and healthy: time alone changes nothing");
 
         t.begin(400);
         t.end(500, true);
+        assert_eq!(t.next_change(500), Some(580), "wake when the idle spell clears it");
         assert!(t.is_slow(579));
         assert!(!t.is_slow(580), "idle for 80 ms after a slow batch: healthy");
 
