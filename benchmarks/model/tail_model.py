@@ -66,12 +66,7 @@ class Worker:
         self.serving = None  # the item in service, or None when idle
         self.version = 0  # bumped when service is cut short, to drop its completion event
         self.episode: tuple[float, float] | None = None
-        self.past: list[tuple[float, float]] = []  # recent episodes, for the oracle
         self.serial, self.started, self.reported_slow = 0, 0.0, False
-
-    def episode_known(self, now: float) -> bool:
-        """Whether the worker is inside an episode now (the oracle's knowledge)."""
-        return self.in_episode(now)
 
     def in_episode(self, now: float) -> bool:
         while True:
@@ -81,7 +76,6 @@ class Worker:
             start, end = self.episode
             if now < end:
                 return now >= start
-            self.past = (self.past + [self.episode])[-3:]
             self.episode = None
 
     def service_time(self, now: float) -> float:
@@ -201,7 +195,7 @@ class Run:
 
     # --- health reports ---
     def slow(self, w: Worker, now: float) -> bool:
-        return w.episode_known(now) if self.health == "oracle" else w.reported_slow
+        return w.in_episode(now) if self.health == "oracle" else w.reported_slow
 
     def on_watch(self, now: float, w: Worker, serial: int) -> None:
         if w.serial == serial and w.serving is not None:  # still in the same service

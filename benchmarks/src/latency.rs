@@ -161,9 +161,6 @@ pub async fn run_one(
     if !spec.mode.has_parity() {
         d.encoder_args.push("--no-parity".into());
     }
-    if spec.mode.has_parity() && svc.route_by_health {
-        d.encoder_args.push("--route-by-health".into());
-    }
     let worker = |model: &str| -> Vec<String> {
         flags([
             ("--model", model.to_string()),
@@ -180,6 +177,7 @@ pub async fn run_one(
         d.parity_worker_args.push("--skip-answered".into());
     }
     if spec.mode.has_parity() && svc.route_by_health {
+        d.encoder_args.push("--route-by-health".into());
         for args in [&mut d.model_worker_args, &mut d.parity_worker_args] {
             args.extend(["--report-health".to_string(), "--slow-after-ms".to_string(), svc.slow_after_ms().to_string()]);
         }

@@ -4,6 +4,7 @@
 //! that services running in one process (the tests, the demo) never collide.
 
 use metrics_exporter_prometheus::PrometheusBuilder;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 /// Metrics settings, flattened into every service's flags.
@@ -27,6 +28,25 @@ pub fn init(args: &MetricsArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("serving metrics on {addr}: {e} (is the port in use?)"))?;
     tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     Ok(())
+}
+
+/// Counts a service keeps beside its metrics for the summary it logs when it stops: the
+/// metrics are exported only with `--metrics-addr`, the log line always (the benchmark reads
+/// it from the services' logs).
+#[derive(Default)]
+pub struct Tally(BTreeMap<&'static str, u64>);
+
+/// As a map (`{"full": 3, "solo": 1}`), for the log line.
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(&self.0).finish()
+    }
+}
+
+impl Tally {
+    pub fn add(&mut self, what: &'static str, n: u64) {
+        *self.0.entry(what).or_default() += n;
+    }
 }
 
 /// Every metric the services export, for docs and the dashboard check.
@@ -74,4 +94,18 @@ pub mod names {
     pub const DECODER_LAGGING_PARTITIONS: &str = "parm_decoder_lagging_partitions";
     /// labels `group` (consumer group), `topic`, `partition`
     pub const CONSUMER_LAG: &str = "parm_consumer_lag";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tally;
+
+    #[test]
+    fn a_tally_adds_up_and_prints_as_a_map() {
+        let mut t = Tally::default();
+        t.add("solo", 1);
+        t.add("full", 2);
+        t.add("solo", 3);
+        assert_eq!(format!("{t:?}"), r#"{"full": 2, "solo": 4}"#);
+    }
 }

@@ -59,7 +59,12 @@ impl HealthView {
     /// within [`STALE_MS`] of `now`, that it is slow, while most of that role's workers
     /// are not.
     pub fn is_slow(&self, role: &str, partition: i32, now: u64) -> bool {
-        !self.widespread(role, now) && self.fresh(role, now).any(|r| r.slow && r.partitions.contains(&partition))
+        !self.widespread(role, now) && self.owner_slow(role, partition, now)
+    }
+
+    /// Whether a worker of `role` owning `partition` said lately that it is slow.
+    fn owner_slow(&self, role: &str, partition: i32, now: u64) -> bool {
+        self.fresh(role, now).any(|r| r.slow && r.partitions.contains(&partition))
     }
 
     /// Whether more than half of the workers of `role` heard from lately say they are slow.
@@ -75,9 +80,12 @@ impl HealthView {
     /// The first partition from `preferred` on (wrapping around `partitions`) whose parity
     /// worker is not slow; `preferred` itself when all are.
     pub fn healthy_parity_partition(&self, preferred: i32, partitions: i32, now: u64) -> i32 {
+        if self.widespread("parity", now) {
+            return preferred;
+        }
         (0..partitions)
             .map(|i| (preferred + i) % partitions)
-            .find(|p| !self.is_slow("parity", *p, now))
+            .find(|p| !self.owner_slow("parity", *p, now))
             .unwrap_or(preferred)
     }
 }
@@ -101,6 +109,11 @@ pub struct ParityLog<H> {
 impl<H> ParityLog<H> {
     pub fn new(window_ms: u64) -> Self {
         Self { window_ms, by_partition: HashMap::new() }
+    }
+
+    /// False with a window of 0 (no copies): then nothing needs keeping.
+    pub fn is_enabled(&self) -> bool {
+        self.window_ms > 0
     }
 
     pub fn push(&mut self, partition: i32, sent: SentParity<H>) {
@@ -186,5 +199,6 @@ mod tests {
         assert_eq!(ids, ["b", "c"], "'a' is older than the window");
         assert!(log.take_recent(1, 700).is_empty(), "taken once");
         assert_eq!(log.take_recent(2, 700).len(), 1);
+        assert!(log.is_enabled() && !ParityLog::<()>::new(0).is_enabled(), "a window of 0 keeps nothing");
     }
 }

@@ -4,7 +4,7 @@ use crate::config::{CodingPlan, EncoderArgs};
 use crate::health::{HealthView, ParityLog, SentParity};
 use opentelemetry::Context;
 use parm_common::kafka::{self, partition_count, store_offsets, Topics};
-use parm_common::metrics::names;
+use parm_common::metrics::{names, Tally};
 use parm_common::outbox::Outbox;
 use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor, WorkerHealth};
 use parm_common::shutdown::Shutdown;
@@ -49,9 +49,8 @@ struct Encoder {
     outbox: Outbox,
     /// With --route-by-health: the workers' health and the parity queries sent recently.
     health: Option<(HealthView, ParityLog<OwnedHeaders>)>,
-    /// Groups sent by kind (full, partial, solo) and parity queries sent again, for the
-    /// summary logged at the end (the same counts go to the metrics as they happen).
-    counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Groups sent by kind (full, partial, solo) and parity queries sent again.
+    counts: Tally,
 }
 
 /// Runs the encoder until `shutdown` fires or a write fails (then it returns the error
@@ -175,8 +174,11 @@ impl Encoder {
                     }
                 }
                 let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, received_at, origin, cx).await?;
-                let closed = self.builder.push(msg.partition(), msg.offset(), accepted, received_at);
-                if let Some(g) = closed.or_else(|| if solo { self.builder.close_now(msg.partition()) } else { None }) {
+                let mut closed = self.builder.push(msg.partition(), msg.offset(), accepted, received_at);
+                if solo && closed.is_none() {
+                    closed = self.builder.close_now(msg.partition());
+                }
+                if let Some(g) = closed {
                     self.send_group(g, solo).await?;
                 }
             }
@@ -212,18 +214,18 @@ impl Encoder {
         };
         let mut sends = Vec::new();
         for slow in view.record(report, now) {
+            let target = view.healthy_parity_partition((slow + 1) % self.parity_partitions, self.parity_partitions, now);
+            if target == slow {
+                continue; // every parity worker is slow: nowhere better to go
+            }
             for sent in log.take_recent(slow, now) {
-                let target = view.healthy_parity_partition((slow + 1) % self.parity_partitions, self.parity_partitions, now);
-                if target == slow {
-                    continue; // every parity worker is slow: nowhere better to go
-                }
-                let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(target), &sent.group_id, &sent.payload, sent.headers.clone()).await?;
+                let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(target), &sent.group_id, &sent.payload, sent.headers).await?;
                 sends.push((f, self.topics.parity_queries.clone()));
             }
         }
         if !sends.is_empty() {
             metrics::counter!(names::ENCODER_PARITY_RESENT).increment(sends.len() as u64);
-            *self.counts.entry("parity resent").or_default() += sends.len() as u64;
+            self.counts.add("parity resent", sends.len() as u64);
             tracing::debug!(resent = sends.len(), "a parity worker turned slow: its recent parity queries went to others");
             // Nothing to release on acknowledgement: the originals already hold their inputs.
             self.outbox.push(Vec::new(), sends);
@@ -329,7 +331,7 @@ impl Encoder {
             let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
             let payload = avro::encode(&parity)?;
             let headers = telemetry::inject(&cx);
-            if let Some((_, log)) = &mut self.health {
+            if let Some((_, log)) = self.health.as_mut().filter(|(_, log)| log.is_enabled()) {
                 log.push(parity_partition, SentParity { at: now, group_id: g.id.clone(), payload: payload.clone(), headers: headers.clone() });
             }
             let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &payload, headers).await?;
@@ -356,7 +358,7 @@ impl Encoder {
             "partial"
         };
         metrics::counter!(names::ENCODER_GROUPS, "kind" => kind).increment(1);
-        *self.counts.entry(kind).or_default() += 1;
+        self.counts.add(kind, 1);
         // Each query was held on receipt; the hold goes once all of the group is written.
         self.outbox.push(origins, sends);
         Ok(())

@@ -145,8 +145,10 @@ impl HealthReporter {
         self.shared.lock().expect("health state").partitions = partitions;
     }
 
-    pub fn partitions(&self) -> Vec<i32> {
-        self.shared.lock().expect("health state").partitions.clone()
+    /// Whether every one of `partitions` is among those it reports.
+    pub fn owns(&self, mut partitions: impl Iterator<Item = i32>) -> bool {
+        let s = self.shared.lock().expect("health state");
+        partitions.all(|p| s.partitions.contains(&p))
     }
 }
 

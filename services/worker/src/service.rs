@@ -7,7 +7,7 @@ use crate::delay::DelayModel;
 use crate::health::HealthReporter;
 use opentelemetry::{Context, KeyValue};
 use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
-use parm_common::metrics::names;
+use parm_common::metrics::{names, Tally};
 use parm_common::model::{resolve, Model};
 use parm_common::outbox::Outbox;
 use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction, QueryResult};
@@ -55,9 +55,8 @@ struct Worker {
     skip_expired: bool,
     /// With `--skip-answered`: a reader of the results topic and what it has seen.
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
-    /// Queries run and skipped (by reason), for the summary logged at the end (the same
-    /// counts go to the metrics as they happen).
-    counts: std::collections::BTreeMap<&'static str, u64>,
+    /// Queries run and skipped (by reason).
+    counts: Tally,
 }
 
 /// Runs a worker of `role` until `shutdown` fires or a write fails.
@@ -128,7 +127,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
             }
         }
         if let Some(h) = &health {
-            if reassigned || batch.iter().any(|m| !h.partitions().contains(&m.partition())) {
+            if reassigned || !h.owns(batch.iter().map(|m| m.partition())) {
                 h.set_partitions(owned_partitions(&consumer));
             }
             h.begin(now_ms());
@@ -202,7 +201,7 @@ impl Worker {
                 Ok(item) => match self.skip_reason(&item, now) {
                     Some(reason) => {
                         metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str(), "reason" => reason).increment(1);
-                        *self.counts.entry(reason).or_default() += 1;
+                        self.counts.add(reason, 1);
                         self.outbox.tracker.release(origin);
                     }
                     None => items.push(item),
@@ -238,7 +237,7 @@ impl Worker {
         metrics::histogram!(names::WORKER_BATCH_SIZE, "role" => role).record(items.len() as f64);
         metrics::histogram!(names::WORKER_INFERENCE_SECONDS, "role" => role).record(inference_us as f64 / 1e6);
         metrics::counter!(names::WORKER_QUERIES, "role" => role).increment(items.len() as u64);
-        *self.counts.entry("run").or_default() += items.len() as u64;
+        self.counts.add("run", items.len() as u64);
 
         let finished = now_ms() as i64;
         let mut sends = Vec::with_capacity(items.len());
