@@ -28,9 +28,9 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
     script = repo / "scripts" / "train-parity-gpu"
     work = tmp_path / "work"
     subprocess.run([script, "train", work], env=env, check=True, capture_output=True, text=True)
-    finals = {"mnist-add-k3", "mnist-add-k4", "mnist-concat-k4", "fashion-concat-k2", "fashion-add-k2"}
-    shifted = {f"{n}-shifted" for n in finals - {"fashion-add-k2"}} | {"fashion-add-k2-wide-shifted"}
-    assert {p.stem for p in work.glob("*.npz")} == finals | shifted | {"mnist-add-k2"}
+    finals = {"mnist-add-k2", "mnist-add-k3", "mnist-add-k4", "mnist-concat-k4", "fashion-concat-k2", "fashion-add-k2"}
+    shifted = {f"{n}-shifted" for n in finals}
+    assert {p.stem for p in work.glob("*.npz")} == finals | shifted
 
     done = subprocess.run([script, "finish", work], env=env, check=True, capture_output=True, text=True)
     models = tmp_path / "models"
@@ -39,11 +39,12 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
                      "mnist-lenet-parity-concat-k4", "fashion-mnist-lenet-parity-add-k2",
                      "fashion-mnist-lenet-parity-concat-k2"}
     assert done.stdout.count("ok   ") == len(names) and "FAIL" not in done.stdout
-    wide = json.loads((models / "fashion-mnist-lenet-parity-add-k2.json").read_text())["training"]
-    # Phase 2 continued phase 1's wide model, without shifts; phase 1 had them.
-    assert wide["arch"] == "lenet2x" and "augmentation" not in wide and wide["device"] == "cpu"
-    assert "fashion-add-k2-wide-shifted.npz" in wide["command"] and "augmentation" in wide["continued_from"]
+    fashion = json.loads((models / "fashion-mnist-lenet-parity-add-k2.json").read_text())["training"]
+    # Phase 2 continued phase 1's convnet, without shifts; phase 1 had them.
+    assert fashion["arch"] == "convnet" and "augmentation" not in fashion and fashion["device"] == "cpu"
+    assert "fashion-add-k2-shifted.npz" in fashion["command"] and "augmentation" in fashion["continued_from"]
     k4 = json.loads((models / "mnist-lenet-parity-add-k4.json").read_text())["training"]
     assert "augmentation" not in k4 and k4["continued_from"]["init"] == "F's weights"
     k2 = json.loads((models / "mnist-lenet-parity-add-k2.json").read_text())["training"]
-    assert "models/mnist-lenet-parity-add-k2.onnx" in k2["command"] and k2["optimizer"]["lr"] == 3e-4
+    assert k2["arch"] == "convnet" and k2["optimizer"]["lr"] == 3e-4
+    assert "mnist-add-k2-shifted.npz" in k2["command"] and k2["continued_from"]["init"] == "random"

@@ -233,3 +233,39 @@ def test_cuda_without_a_gpu_is_a_clear_error(tmp_path, monkeypatch):
         assert "no CUDA GPU" in str(e) and "--device cpu" in str(e)
     else:
         raise AssertionError("--device cuda without a GPU must be refused")
+
+
+def test_convnet_parity_model_keeps_its_batch_norm_through_a_checkpoint(tmp_path, mnist):
+    """Fp of the `convnet` architecture (batch norm): its checkpoint holds the running
+    statistics, the export folds them into the convolutions, and a model rebuilt from the
+    checkpoint computes what the exported file does."""
+    import onnx
+    import torch
+
+    from parm_training import models
+
+    out = tmp_path / "models"
+    assert cli.main(["base", "--arch", "lenet", "--epochs", "1", "--limit", "300", "--out", str(out)]) == 0
+    base = ["parity", "--base", str(out / "mnist-lenet.json"), "--k", "2", "--encoder", "addition", "--arch", "convnet"]
+    ckpt = tmp_path / "fp.npz"
+    assert cli.main([*base, "--ce-weight", "10", "--augment-shift", "1", "--epochs", "1", "--limit", "300",
+                     "--checkpoint-only", str(ckpt)]) == 0
+    weights, _ = checkpoint.read(ckpt)
+    stats = [name for name in weights if name.endswith("running_var")]
+    assert len(stats) == 5 and not all(np.allclose(weights[n], 1.0) for n in stats)
+
+    assert cli.main([*base, "--from-checkpoint", str(ckpt), "--out", str(out)]) == 0
+    manifest = json.loads((out / "mnist-lenet-parity-add-k2.json").read_text())
+    assert manifest["training"]["arch"] == "convnet"
+    assert export.check_manifest(out / "mnist-lenet-parity-add-k2.json") < export.TOLERANCE
+    ops = {n.op_type for n in onnx.load(out / "mnist-lenet-parity-add-k2.onnx").graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops
+
+    norm = manifest["normalization"]
+    rebuilt = models.build("convnet", norm["mean"], norm["std"], (1, 28, 28), 10)
+    models.load_weights(rebuilt, weights)
+    x = np.asarray(manifest["reference"]["inputs"], dtype=np.float32).reshape(-1, 1, 28, 28)
+    rebuilt.eval()
+    with torch.no_grad():
+        got = rebuilt(torch.as_tensor(x)).numpy()
+    assert np.abs(got - np.asarray(manifest["reference"]["outputs"])).max() < export.TOLERANCE
