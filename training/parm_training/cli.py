@@ -35,6 +35,13 @@ def _command(argv: list[str]) -> str:
     return "python -m parm_training " + shlex.join(argv)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _budget(minutes: float | None) -> float | None:
     return None if minutes is None else minutes * 60.0
 
@@ -258,6 +265,7 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
         init=init,
         augment_shift=args.augment_shift,
         partial_fraction=args.partial_groups,
+        validation_groupings=args.validation_groupings,
         base=_base_module(base, base_onnx, ds) if args.augment_shift else None,
         device=args.device,
     )
@@ -270,6 +278,8 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
     info["init"] = init_description
     if args.partial_groups:
         info["partial_groups"] = args.partial_groups
+    if args.validation_groupings > 1:
+        info["validation"]["groupings"] = args.validation_groupings
     if args.augment_shift:
         info["augmentation"] = f"each member moved by up to {args.augment_shift} px; F's logits on the moved images"
     if previous is not None:
@@ -405,6 +415,9 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--partial-groups", type=float, default=0.0, metavar="FRACTION",
                    help="make this fraction of the training groups partial (first m < k members, zeros "
                    "elsewhere, target the present members' sum), as the encoder's linger closes them (default 0)")
+    q.add_argument("--validation-groupings", type=_positive_int, default=1, metavar="N",
+                   help="pair the validation images N ways and keep the epoch with the best mean "
+                   "agreement (default 1, the reference; one grouping flatters the epoch it picks)")
     q.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
                    help="move each training image by up to this many pixels before encoding, with F's "
                    "logits computed on the moved images (needs F's architecture in its manifest; default 0)")

@@ -294,6 +294,7 @@ def train_parity(
     base: nn.Module | None = None,
     partial_fraction: float = 0.0,
     device: str | torch.device = "cpu",
+    validation_groupings: int = 1,
 ) -> Trained:
     """Trains Fp for (encoder, k) against F's cached logits; F itself is never touched.
 
@@ -385,11 +386,15 @@ def train_parity(
             loss = loss + ce_weight * (ce * weights).sum() / weights.sum()
         return loss
 
-    val_groups = make_groups(len(val_x), k, hyper.seed + 2)
+    # The validation images are paired `validation_groupings` ways and the agreement averaged:
+    # with one grouping the best epoch is partly the one whose pairing was lucky (measured on
+    # MNIST: the chosen epoch scored up to 0.35 points lower on ten fresh groupings).
+    val_groupings = [make_groups(len(val_x), k, hyper.seed + 2 + i) for i in range(validation_groupings)]
 
     def validate(m: nn.Module) -> dict:
-        d = degraded(encoder, k, lambda p: predict_torch(m, p), val_x, val_logits, None, val_groups)
-        return {"val_reconstruction": d.agreement_with_base}
+        agreement = [degraded(encoder, k, lambda p: predict_torch(m, p), val_x, val_logits, None, g).agreement_with_base
+                     for g in val_groupings]
+        return {"val_reconstruction": float(np.mean(agreement))}
 
     what = f"Fp[{encoder.name},k={k}]"
     return _fit(model, hyper, epochs, max_seconds, n_groups, step, validate, "val_reconstruction", what, begin_epoch)

@@ -249,14 +249,14 @@ def test_convnet_parity_model_keeps_its_batch_norm_through_a_checkpoint(tmp_path
     base = ["parity", "--base", str(out / "mnist-lenet.json"), "--k", "2", "--encoder", "addition", "--arch", "convnet"]
     ckpt = tmp_path / "fp.npz"
     assert cli.main([*base, "--ce-weight", "10", "--augment-shift", "1", "--epochs", "1", "--limit", "300",
-                     "--checkpoint-only", str(ckpt)]) == 0
+                     "--validation-groupings", "2", "--checkpoint-only", str(ckpt)]) == 0
     weights, _ = checkpoint.read(ckpt)
     stats = [name for name in weights if name.endswith("running_var")]
     assert len(stats) == 5 and not all(np.allclose(weights[n], 1.0) for n in stats)
 
     assert cli.main([*base, "--from-checkpoint", str(ckpt), "--out", str(out)]) == 0
     manifest = json.loads((out / "mnist-lenet-parity-add-k2.json").read_text())
-    assert manifest["training"]["arch"] == "convnet"
+    assert manifest["training"]["arch"] == "convnet" and manifest["training"]["validation"]["groupings"] == 2
     assert export.check_manifest(out / "mnist-lenet-parity-add-k2.json") < export.TOLERANCE
     ops = {n.op_type for n in onnx.load(out / "mnist-lenet-parity-add-k2.onnx").graph.node}
     assert "Conv" in ops and "BatchNormalization" not in ops
@@ -269,3 +269,27 @@ def test_convnet_parity_model_keeps_its_batch_norm_through_a_checkpoint(tmp_path
     with torch.no_grad():
         got = rebuilt(torch.as_tensor(x)).numpy()
     assert np.abs(got - np.asarray(manifest["reference"]["outputs"])).max() < export.TOLERANCE
+
+
+def test_validation_over_several_groupings_averages_them(capsys):
+    """--validation-groupings N: an epoch is scored by the mean agreement over N pairings of
+    the validation images (seeds seed+2, seed+3, ...), not by one lucky pairing."""
+    import pytest
+
+    from parm_training import encoders, train
+
+    rng = np.random.default_rng(1)
+    x = rng.random((500, 1, 28, 28), dtype=np.float32)
+    logits = rng.normal(size=(500, 10)).astype(np.float32)
+    addition = encoders.get("addition")
+    trained = train.train_parity("mlp", addition, 2, x[:300], logits[:300], x[300:], logits[300:],
+                                 0.1307, 0.3081, 1, validation_groupings=3)
+    per_grouping = [train.degraded(addition, 2, lambda p: train.predict_torch(trained.model, p), x[300:], logits[300:],
+                                   None, train.make_groups(200, 2, 2 + i)).agreement_with_base for i in range(3)]
+    assert len(set(per_grouping)) > 1  # the pairings differ, so the mean is not any one of them
+    assert trained.best_validation == pytest.approx(np.mean(per_grouping))
+
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["parity", "--base", "models/mnist-mlp.json", "--k", "2", "--encoder", "addition",
+                  "--validation-groupings", "0", "--epochs", "1"])
+    assert refused.value.code == 2 and "must be at least 1" in capsys.readouterr().err
