@@ -47,7 +47,7 @@ impl ParityEncoder {
         match self {
             ParityEncoder::Addition => Ok(()),
             ParityEncoder::Concatenation => {
-                let ok = matches!(k, 2 | 4) && shape.len() == 3 && shape[1] % 2 == 0 && shape[2] % 2 == 0;
+                let ok = matches!(k, 2 | 4) && shape.len() == 3 && shape[1].is_multiple_of(2) && shape[2].is_multiple_of(2);
                 if ok {
                     Ok(())
                 } else {

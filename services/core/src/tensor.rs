@@ -48,7 +48,7 @@ impl Tensor {
         if shape.iter().any(|&d| d <= 0) {
             return Err(TensorError::BadDimension(shape.to_vec()));
         }
-        if bytes.len() % 4 != 0 {
+        if !bytes.len().is_multiple_of(4) {
             return Err(TensorError::RaggedBytes { bytes: bytes.len() });
         }
         let data = bytes

@@ -12,7 +12,7 @@
 //! deadlines act, so a restart answers with real predictions where they exist.
 //!
 //! ## Layout
-//! - [`config`]: flags.
+//! - [`config`]: the service's flags.
 //! - [`links`]: the span contexts of each group's predictions, for trace links.
 //! - [`catch_up`]: when a (re)started decoder has replayed its backlog.
 //! - [`service`]: the consume–join–produce loop.

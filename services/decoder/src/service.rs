@@ -26,6 +26,10 @@ const GROUPS: u8 = 0;
 const PREDICTIONS: u8 = 1;
 const PARITY: u8 = 2;
 
+/// `(first result batch not covered, committable (topic, partition, next offset)s)`: see
+/// `Decoder::snapshots`.
+type Snapshot = (u64, Vec<(u8, i32, i64)>);
+
 /// What the decoder keeps about each query for its result.
 #[derive(Debug, Clone)]
 struct QueryMeta {
@@ -45,7 +49,7 @@ struct Decoder {
     outbox: Outbox,
     /// `(first batch not covered, committable offsets)`, oldest first: offsets become safe
     /// to store once every result batch sent before the snapshot is acknowledged.
-    snapshots: VecDeque<(u64, Vec<(u8, i32, i64)>)>,
+    snapshots: VecDeque<Snapshot>,
     catch_up: Option<CatchUp>,
     late: u64,
     late_agreed: u64,
