@@ -4,6 +4,7 @@
     parity       train a parity model Fp against an exported F, export, write its manifest
     export-data  write the first N test images and labels as IDX files for the Rust side
     check        run manifests' models on their reference inputs (what the Rust test does)
+    compare      score candidate parity models for one F on many validation groupings
 
 scripts/train-models runs the whole sequence that produced models/ on a CPU;
 scripts/train-parity-gpu trains the parity models on a CUDA GPU instead (training there,
@@ -29,6 +30,9 @@ VALIDATION_SIZE = 5000
 SPLIT_SEED = 0
 TEST_GROUP_SEED = 1234
 REFERENCE_COUNT = 3
+# `compare` pairs the validation images with these seeds: not the ones training picks its
+# best epoch on (its seed + 2, + 3, ...), so a candidate's lucky grouping is not reused.
+COMPARE_FIRST_SEED = 100
 
 
 def _command(argv: list[str]) -> str:
@@ -372,6 +376,33 @@ def cmd_check(args: argparse.Namespace, argv: list[str]) -> int:
     return 1 if failed else 0
 
 
+def cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
+    """Mean validation agreement of each candidate over --groupings pairings: the rule that
+    chose between parity models for one slot (training/README.md, "A bigger Fp")."""
+    base_path = Path(args.base)
+    base = export.read_manifest(base_path)
+    candidates = [(Path(c), export.read_manifest(c)) for c in args.candidates]
+    kinds = {(m.get("role"), m.get("base"), m.get("encoder"), m.get("k")) for _, m in candidates}
+    if len(kinds) != 1 or next(iter(kinds))[:2] != ("parity", base["name"]):
+        raise SystemExit(f"compare: the candidates must all be parity models of {base['name']} with one encoder "
+                         f"and k; got (role, base, encoder, k) = {sorted(kinds, key=str)}")
+    _, _, encoder_name, k = next(iter(kinds))
+    encoder = encoders.get(encoder_name)
+    ds = data.load(base["dataset"])
+    _, val = _split(ds)
+    x = val.floats()
+    logits = export.OnnxModel(base_path.parent / base["file"], threads=torch.get_num_threads())(x)
+    seeds = range(COMPARE_FIRST_SEED, COMPARE_FIRST_SEED + args.groupings)
+    print(f"validation agreement with {base['name']} over {args.groupings} groupings of {len(x)} held-out images "
+          f"(seeds {seeds.start}-{seeds.stop - 1}), {encoder_name} k = {k}:")
+    for path, m in candidates:
+        fp = export.OnnxModel(path.parent / m["file"], threads=torch.get_num_threads())
+        agreement = train.validation_agreement(encoder, k, fp, x, logits, seeds)
+        print(f"  {100 * np.mean(agreement):.2f}  (range {100 * min(agreement):.2f}-{100 * max(agreement):.2f}, "
+              f"{m['training'].get('arch', '?')})  {path}")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m parm_training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: leave the other core free)")
@@ -444,6 +475,13 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="check manifests' reference outputs against their ONNX models")
     c.add_argument("manifests", nargs="+")
     c.set_defaults(run=cmd_check)
+
+    v = sub.add_parser("compare", help="score candidate parity models for one F on many validation groupings")
+    v.add_argument("--base", required=True, help="F's manifest (models/mnist-lenet.json)")
+    v.add_argument("--groupings", type=_positive_int, default=10,
+                   help="pairings of the validation images to average over (default 10)")
+    v.add_argument("candidates", nargs="+", help="parity manifests, each beside its ONNX file")
+    v.set_defaults(run=cmd_compare)
     return p
 
 

@@ -293,3 +293,28 @@ def test_validation_over_several_groupings_averages_them(capsys):
         cli.main(["parity", "--base", "models/mnist-mlp.json", "--k", "2", "--encoder", "addition",
                   "--validation-groupings", "0", "--epochs", "1"])
     assert refused.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+
+
+def test_compare_scores_candidates_on_fresh_validation_groupings(repo, capsys):
+    """compare: each candidate's mean agreement over N groupings of the validation images,
+    with seeds training does not use; candidates for another slot are refused."""
+    import pytest
+
+    from parm_training import data, encoders, train
+
+    models = repo / "models"
+    base, fp = models / "mnist-mlp.json", models / "mnist-mlp-parity-add-k2.json"
+    assert cli.main(["compare", "--base", str(base), "--groupings", "2", str(fp)]) == 0
+    out = capsys.readouterr().out
+    assert "over 2 groupings" in out and "(seeds 100-101)" in out
+
+    _, val = cli._split(data.load("mnist"))
+    x = val.floats()
+    logits = export.OnnxModel(models / "mnist-mlp.onnx")(x)
+    want = train.validation_agreement(encoders.get("addition"), 2, export.OnnxModel(models / "mnist-mlp-parity-add-k2.onnx"),
+                                      x, logits, range(100, 102))
+    assert f"  {100 * np.mean(want):.2f}  (range {100 * min(want):.2f}-{100 * max(want):.2f}, mlp)" in out
+
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["compare", "--base", str(base), str(fp), str(models / "mnist-lenet-parity-concat-k2.json")])
+    assert "must all be parity models of mnist-mlp" in str(refused.value)

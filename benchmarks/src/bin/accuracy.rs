@@ -7,9 +7,9 @@
 //! member is erased in turn and decoded with `parm_core::reconstruct` (Fp(P) minus the other
 //! members' F outputs). Reconstructions are scored against the true labels (the paper's
 //! "degraded mode accuracy") and against F's own top-1 (agreement). This is repeated for
-//! `--groupings` independent groupings (seeds seed, seed+1, ...) and the counts summed: one
-//! grouping's accuracy near 98.5% has a standard error of ~0.12 points, as large as the
-//! differences between parity models worth reporting.
+//! `--groupings` independent groupings (seeds seed, seed+1, ...) and the counts summed, and
+//! the range over groupings is reported: the luck of one pairing moves an accuracy by as
+//! much as the differences between the parity models being compared.
 //!
 //! Writes `accuracy.md` (a table beside the paper's figures) and `accuracy.json`.
 //!
