@@ -46,5 +46,7 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
     k4 = json.loads((models / "mnist-lenet-parity-add-k4.json").read_text())["training"]
     assert "augmentation" not in k4 and k4["continued_from"]["init"] == "F's weights"
     k2 = json.loads((models / "mnist-lenet-parity-add-k2.json").read_text())["training"]
-    assert k2["arch"] == "convnet" and k2["optimizer"]["lr"] == 3e-4
+    # MNIST addition k = 2 keeps its shifts in phase 2 and picks its epoch on 3 groupings.
+    assert k2["arch"] == "convnet" and k2["optimizer"]["lr"] == 5e-4 and "augmentation" in k2
+    assert k2["validation"]["groupings"] == 3
     assert "mnist-add-k2-shifted.npz" in k2["command"] and k2["continued_from"]["init"] == "random"
