@@ -3,6 +3,7 @@
 //! asked for, and the decoded outputs are real reconstructions (the concatenation k = 2 model
 //! agrees with F far above chance). The full-test-set numbers are in `benchmarks/results/`.
 
+use parm_common::model::{manifest_paths, ModelManifest};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,13 +12,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn parity_manifests(models: &Path) -> Vec<Value> {
-    std::fs::read_dir(models)
+fn parity_manifests(models: &Path) -> Vec<ModelManifest> {
+    manifest_paths(models)
         .expect("models/")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .map(|p| serde_json::from_str::<Value>(&std::fs::read_to_string(&p).unwrap()).unwrap())
-        .filter(|m| m["role"] == "parity")
+        .iter()
+        .map(|p| ModelManifest::load(p).expect("a readable manifest").0)
+        .filter(|m| m.role == "parity")
         .collect()
 }
 

@@ -86,7 +86,7 @@ class ConvNet(nn.Module):
     """A VGG-style CNN with batch norm: [conv3x3-BN-ReLU]x2 at 32 and 64 channels, each
     pair followed by a 2x2 max pool, then conv3x3(128)-BN-ReLU, fc(256), fc(classes).
 
-    About 10x LeNet's multiply-adds (~23M per image) for 1.9M parameters. It is meant for
+    About 10x LeNet's multiply-adds (~23M per image) for 1.75M parameters. It is meant for
     parity models: separating k superposed images needs more than LeNet's two 5x5 layers.
     Batch norm is folded into the convolutions when exported.
     """

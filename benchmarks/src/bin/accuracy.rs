@@ -18,7 +18,7 @@
 //! ```
 
 use anyhow::{bail, Context as _};
-use parm_common::model::{models_dir, Model, ModelManifest};
+use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};
 use parm_core::{reconstruct, top1, ParityEncoder, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -409,12 +409,7 @@ fn markdown(report: &Report) -> String {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let mut manifests: Vec<PathBuf> = std::fs::read_dir(&args.models)
-        .with_context(|| format!("reading the models folder {}", args.models.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    manifests.sort();
+    let manifests = manifest_paths(&args.models)?;
     let mut bases = Vec::new();
     let mut parities = Vec::new();
     for path in &manifests {

@@ -140,6 +140,17 @@ pub fn models_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
 }
 
+/// Every manifest (`*.json`) in a models folder, sorted by path.
+pub fn manifest_paths(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the models folder {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 /// Resolves a model given by name (`mnist-mlp`) or path.
 pub fn resolve(name_or_path: &str) -> PathBuf {
     let p = Path::new(name_or_path);

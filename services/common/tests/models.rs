@@ -4,21 +4,14 @@
 //! This is the contract between `training/` and the services: a model that fails here
 //! would serve different predictions than the ones its accuracy was measured on.
 
-use parm_common::model::{models_dir, Model, ModelManifest};
+use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};
 use parm_core::Tensor;
 use std::path::PathBuf;
 
 const TOLERANCE: f32 = 1e-4;
 
 fn manifests() -> Vec<PathBuf> {
-    let dir = models_dir();
-    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    paths.sort();
-    paths
+    manifest_paths(&models_dir()).expect("the models folder")
 }
 
 #[test]
