@@ -138,7 +138,7 @@ pub async fn run_one(
         .iter()
         .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("kafka setting '{kv}' is not KEY=VALUE")))
         .collect::<anyhow::Result<_>>()?;
-    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix.clone(), kafka_set: kafka_set.clone() };
+    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix.clone(), kafka_set: kafka_set.clone(), instance_id: None };
     let layout = TopicLayout {
         query_partitions: 1,
         model_partitions: model_workers as i32,

@@ -10,13 +10,13 @@ use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+pub use crate::rebalance::{ParmContext, Positions, RebalanceCounter};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashSet;
 use std::time::Duration;
 
 /// How to reach Kafka and name the topics; flattened into every subcommand.
@@ -33,6 +33,14 @@ pub struct KafkaArgs {
     /// (e.g. --kafka-set linger.ms=2 --kafka-set fetch.wait.max.ms=10).
     #[arg(long = "kafka-set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub kafka_set: Vec<(String, String)>,
+    /// Static membership (KIP-345): this process's stable id in its consumer group
+    /// (`group.instance.id`). A restarted instance with the same id takes its partitions
+    /// back without a rebalance, within the session timeout. Unique per instance. Off by
+    /// default: with librdkafka 2.12 a broker restart can leave a static member fenced
+    /// (FENCED_INSTANCE_ID, fatal: the service then exits and must be restarted), seen
+    /// in parm's broker-restart test.
+    #[arg(long, env = "PARM_INSTANCE_ID")]
+    pub instance_id: Option<String>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -114,21 +122,36 @@ impl KafkaArgs {
         }
     }
 
-    /// A producer for low latency with idempotence (no duplicates from retries).
+    /// A service's producer: low latency, idempotent (no duplicates from retries), and no
+    /// local delivery timeout, so that a record waits out a broker outage of any length in
+    /// librdkafka's queue instead of failing (and a failed delivery then means something
+    /// that will not heal, such as a fatal idempotence error).
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_with_timeout(0)
+    }
+
+    /// A client's producer (`parm produce`, the benchmark's load): like a service's, but a
+    /// record not delivered within `timeout_ms` fails, so that a client does not wait
+    /// forever for a broker that is not there.
+    pub fn client_producer(&self, timeout_ms: u64) -> anyhow::Result<FutureProducer> {
+        self.producer_with_timeout(timeout_ms.max(1))
+    }
+
+    fn producer_with_timeout(&self, message_timeout_ms: u64) -> anyhow::Result<FutureProducer> {
         let mut c = self.base_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
             .set("linger.ms", "0")
             .set("batch.num.messages", "1000")
             .set("compression.type", "none")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", message_timeout_ms.to_string());
         self.apply_overrides(&mut c);
         c.create().with_context(|| format!("creating a Kafka producer for {}", self.brokers))
     }
 
     /// A consumer in `group` that stores offsets only when told to, and commits them in the
-    /// background. It reports rebalances through [`RebalanceCounter`].
+    /// background. It reports rebalances through [`RebalanceCounter`], and resumes the
+    /// partitions a rebalance gives back where [`Positions`] (`consumer.context()`) says.
     pub fn consumer(&self, group: &str) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
         let mut c = self.base_config();
         c.set("group.id", group)
@@ -148,10 +171,13 @@ impl KafkaArgs {
             // Range keeps the decoder's three input topics co-partitioned per instance.
             .set("partition.assignment.strategy", "range")
             .set("statistics.interval.ms", "2000");
+        if let Some(id) = &self.instance_id {
+            c.set("group.instance.id", id);
+        }
         self.apply_overrides(&mut c);
         let counter = RebalanceCounter::default();
         let consumer = c
-            .create_with_context(ParmContext { rebalances: counter.clone(), group: group.to_string() })
+            .create_with_context(ParmContext { rebalances: counter.clone(), positions: Positions::default(), group: group.to_string() })
             .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))?;
         Ok((consumer, counter))
     }
@@ -161,56 +187,6 @@ impl KafkaArgs {
         self.apply_overrides(&mut c);
         c.create().context("creating a Kafka admin client")
     }
-}
-
-/// Counts rebalances, so a service loop can notice that its assignment changed and the
-/// consumer will resume from committed offsets.
-#[derive(Debug, Clone, Default)]
-pub struct RebalanceCounter(Arc<AtomicU64>);
-
-impl RebalanceCounter {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-/// The consumer context: logs rebalances and bumps the counter *before* the assignment
-/// changes, so no message of a new assignment can be seen under the old count.
-pub struct ParmContext {
-    rebalances: RebalanceCounter,
-    group: String,
-}
-
-impl ClientContext for ParmContext {
-    /// librdkafka's statistics (every `statistics.interval.ms`) carry the consumer lag of
-    /// each assigned partition; they arrive on its own thread, off the service loop.
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        for (topic, t) in &statistics.topics {
-            for (partition, p) in &t.partitions {
-                if *partition < 0 || p.consumer_lag < 0 {
-                    continue; // the internal UA partition, or not consumed yet
-                }
-                metrics::gauge!(crate::metrics::names::CONSUMER_LAG,
-                    "group" => self.group.clone(), "topic" => topic.clone(), "partition" => partition.to_string())
-                .set(p.consumer_lag as f64);
-            }
-        }
-    }
-}
-
-impl ConsumerContext for ParmContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        self.rebalances.0.fetch_add(1, Ordering::SeqCst);
-        match rebalance {
-            Rebalance::Assign(tpl) => tracing::info!(partitions = ?describe(tpl), "assigned"),
-            Rebalance::Revoke(tpl) => tracing::info!(partitions = ?describe(tpl), "revoked"),
-            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-        }
-    }
-}
-
-fn describe(tpl: &TopicPartitionList) -> Vec<String> {
-    tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect()
 }
 
 /// Sends one record without waiting for its acknowledgement; retries while the local
@@ -370,6 +346,7 @@ pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow
     let partitions = partition_count(args, topic).await?;
     let mut kafka = args.clone();
     kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
+    kafka.instance_id = None; // assigned by hand: not a group member
     let group = format!("{}-{purpose}-{}", kafka.topic_prefix, std::process::id());
     let (reader, _) = kafka.consumer(&group)?;
     // fetch_watermarks blocks on the broker: keep it off the runtime's async threads.
@@ -385,4 +362,39 @@ pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow
     })?;
     reader.assign(&from_end)?;
     Ok(reader)
+}
+
+/// What a rebalance changed for a service, once it sees the new assignment.
+#[derive(Debug, Default)]
+pub struct Reassignment {
+    /// Partitions assigned now (the ones this instance held before resume where it was).
+    pub assigned: HashSet<(String, i32)>,
+    /// Partitions assigned now that this instance held state for: they resume where it
+    /// left off. The others start from the committed offset.
+    pub resumed: HashSet<(String, i32)>,
+    /// Partitions this instance held state for and no longer owns: drop that state.
+    pub dropped: Vec<(String, i32)>,
+}
+
+/// Reads the consumer's assignment after a rebalance and forgets the positions of the
+/// partitions it lost (see `rebalance`).
+pub fn reassigned(consumer: &StreamConsumer<ParmContext>) -> Reassignment {
+    let assigned: HashSet<(String, i32)> = consumer
+        .assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect())
+        .unwrap_or_default();
+    let positions = consumer.context().positions();
+    let resumed = assigned.iter().filter(|(t, p)| positions.holds(t, *p)).cloned().collect();
+    let dropped = positions.retain(&assigned);
+    if !dropped.is_empty() {
+        tracing::info!(?dropped, "partitions moved to another instance: their state is dropped");
+    }
+    Reassignment { assigned, resumed, dropped }
+}
+
+/// Records that a message was read, so that a rebalance that gives its partition back
+/// resumes after it.
+pub fn consumed(consumer: &StreamConsumer<ParmContext>, msg: &rdkafka::message::BorrowedMessage<'_>) {
+    use rdkafka::Message;
+    consumer.context().positions().consumed(msg.topic(), msg.partition(), msg.offset());
 }

@@ -5,6 +5,9 @@
 //! - [`avro`]: schemas from `schemas/*.avsc` and the binary codec.
 //! - [`records`]: the Rust form of every record on every topic.
 //! - [`kafka`]: connection settings, topic names, producer/consumer setup, admin, headers.
+//! - [`quarantine`]: a record whose handler panics is dead-lettered, not replayed forever.
+//! - [`rebalance`]: the consumer context: rebalances that keep state, consumer lag.
+//! - [`trouble`]: which Kafka errors are ridden out and which end a service.
 //! - [`telemetry`]: logging, OpenTelemetry tracing with W3C `traceparent` in Kafka headers.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and consumer-lag gauges.
 //! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
@@ -19,10 +22,13 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod quarantine;
+pub mod rebalance;
 pub mod records;
 pub mod service_args;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trouble;
 
 /// Milliseconds since the Unix epoch: the one clock every service uses.
 pub fn now_ms() -> u64 {

@@ -67,7 +67,19 @@ pub const ALL: &[&str] = &[
     names::DECODER_OPEN_GROUPS,
     names::DECODER_LAGGING_PARTITIONS,
     names::CONSUMER_LAG,
+    names::KAFKA_TROUBLE,
+    names::QUARANTINED,
 ];
+
+/// Counts a record whose handler panicked and that was set aside (see `quarantine`).
+pub fn quarantined() {
+    metrics::counter!(names::QUARANTINED).increment(1);
+}
+
+/// Counts a transient Kafka error that a service rode out (see `trouble`).
+pub fn kafka_trouble(service: &str) {
+    metrics::counter!(names::KAFKA_TROUBLE, "service" => service.to_string()).increment(1);
+}
 
 pub mod names {
     pub const ENCODER_QUERIES: &str = "parm_encoder_queries_total";
@@ -94,6 +106,10 @@ pub mod names {
     pub const DECODER_LAGGING_PARTITIONS: &str = "parm_decoder_lagging_partitions";
     /// labels `group` (consumer group), `topic`, `partition`
     pub const CONSUMER_LAG: &str = "parm_consumer_lag";
+    /// label `service`: transient Kafka errors ridden out (brokers down, timeouts, moves)
+    pub const KAFKA_TROUBLE: &str = "parm_kafka_transient_errors_total";
+    /// records whose handler panicked: dead-lettered instead of ending the service
+    pub const QUARANTINED: &str = "parm_quarantined_records_total";
 }
 
 #[cfg(test)]

@@ -31,6 +31,10 @@ pub struct ModelManifest {
     pub encoder: Option<String>,
     /// Shape of one input, without the batch dimension.
     pub input_shape: Vec<usize>,
+    /// The smallest and largest value an input may hold (MNIST pixels: `[0, 1]`); a query
+    /// outside it is refused as a dead letter.
+    #[serde(default)]
+    pub input_range: Option<[f32; 2]>,
     pub output_size: usize,
     #[serde(default)]
     pub reference: Option<Reference>,

@@ -67,29 +67,33 @@ impl ParityEncoder {
             return Err(EncodeError::MixedShapes(first.shape().to_vec(), other.shape().to_vec()));
         }
         match self {
-            ParityEncoder::Addition => Ok(add(members)),
+            ParityEncoder::Addition => add(first.shape(), members),
             ParityEncoder::Concatenation => {
                 self.validate(k, first.shape())?;
-                Ok(concatenate(k, members))
+                concatenate(k, members)
             }
         }
     }
 }
 
-fn add(members: &[&Tensor]) -> Tensor {
-    let mut sum = members[0].data().to_vec();
-    for m in &members[1..] {
+/// The element-wise sum. Finite values can still sum to infinity (two of 3e38): that
+/// comes back as [`TensorError::NotFinite`], for the caller to refuse, never as a panic.
+fn add(shape: &[usize], members: &[&Tensor]) -> Result<Tensor, EncodeError> {
+    let mut sum = vec![0.0f32; shape.iter().product()];
+    for m in members {
         for (s, v) in sum.iter_mut().zip(m.data()) {
             *s += v;
         }
     }
-    Tensor::new(members[0].shape().to_vec(), sum).expect("sum of finite tensors of one shape")
+    Ok(Tensor::new(shape.to_vec(), sum)?)
 }
 
 /// Tiles each member, down-sampled by averaging 1×2 (k = 2) or 2×2 (k = 4) blocks.
-fn concatenate(k: usize, members: &[&Tensor]) -> Tensor {
-    let shape = members[0].shape().to_vec();
-    let (c, h, w) = (shape[0], shape[1], shape[2]);
+/// Callers have checked the shape with [`ParityEncoder::validate`]; `get` keeps even a
+/// wrong one from panicking.
+fn concatenate(k: usize, members: &[&Tensor]) -> Result<Tensor, EncodeError> {
+    let shape = members.first().ok_or(EncodeError::Empty)?.shape().to_vec();
+    let [c, h, w] = shape[..] else { return Err(EncodeError::Unsupported { k, shape }) };
     let (rows, cols) = if k == 2 { (1, 2) } else { (2, 2) };
     let (th, tw) = (h / rows, w / cols);
     let mut out = vec![0.0f32; c * h * w];
@@ -99,18 +103,22 @@ fn concatenate(k: usize, members: &[&Tensor]) -> Tensor {
         for ch in 0..c {
             for y in 0..th {
                 for x in 0..tw {
-                    let mut acc = 0.0;
+                    // Averaged as a mean of quarters, not a sum then a division, so two
+                    // finite values near f32::MAX stay finite.
+                    let mut acc = 0.0f32;
                     for dy in 0..rows {
                         for dx in 0..cols {
-                            acc += src[ch * h * w + (y * rows + dy) * w + (x * cols + dx)];
+                            acc += src.get(ch * h * w + (y * rows + dy) * w + (x * cols + dx)).copied().unwrap_or(0.0) / (rows * cols) as f32;
                         }
                     }
-                    out[ch * h * w + (r0 + y) * w + (c0 + x)] = acc / (rows * cols) as f32;
+                    if let Some(o) = out.get_mut(ch * h * w + (r0 + y) * w + (c0 + x)) {
+                        *o = acc;
+                    }
                 }
             }
         }
     }
-    Tensor::new(shape, out).expect("average of finite tensors")
+    Ok(Tensor::new(shape, out)?)
 }
 
 impl fmt::Display for ParityEncoder {
@@ -146,6 +154,16 @@ mod tests {
         assert_eq!(p.data(), &[1.5, 2.5, 3.5]);
         assert_eq!(ParityEncoder::Addition.encode(2, &[&a]).unwrap(), a);
         assert_eq!(ParityEncoder::Addition.encode(1, &[&a, &b]), Err(EncodeError::TooMany { members: 2, k: 1 }));
+    }
+
+    #[test]
+    fn finite_values_that_overflow_are_an_error_not_a_panic() {
+        let big = t(vec![1, 2, 2], vec![3.0e38; 4]);
+        let err = ParityEncoder::Addition.encode(2, &[&big, &big]).unwrap_err();
+        assert!(matches!(err, EncodeError::Tensor(TensorError::NotFinite { .. })), "{err:?}");
+        // The average of two values near f32::MAX is itself finite.
+        let p = ParityEncoder::Concatenation.encode(2, &[&big, &big]).unwrap();
+        assert!(p.data().iter().all(|v| v.is_finite() && *v > 2.9e38), "{:?}", p.data());
     }
 
     #[test]

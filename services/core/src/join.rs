@@ -209,11 +209,14 @@ enum State<M> {
     Done { until: u64 },
 }
 
+/// One group's place in the join: its state, the inputs it holds, its timer, and the
+/// decoder partition its inputs come from (all of a group's inputs share it).
 #[derive(Debug)]
 struct Entry<M> {
     state: State<M>,
     origins: Vec<Origin>,
     timer: Option<u64>,
+    partition: i32,
 }
 
 /// The per-group join of one decoder instance. See the module docs.
@@ -282,7 +285,7 @@ impl<M: Clone> Join<M> {
                 }
             }
             None => {
-                let entry = Entry { state: State::Open(new_group(&spec)), origins: vec![origin], timer: None };
+                let entry = Entry { state: State::Open(new_group(&spec)), origins: vec![origin], timer: None, partition: origin.partition };
                 self.entries.insert(spec.group_id.clone(), entry);
             }
         }
@@ -297,7 +300,7 @@ impl<M: Clone> Join<M> {
         let entry = self
             .entries
             .entry(group_id.to_string())
-            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(p.hard_deadline_at + late_linger)), origins: Vec::new(), timer: None });
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(p.hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition });
         if now < p.deadline_at {
             self.lagging.remove(&p.model_partition);
         }
@@ -331,7 +334,7 @@ impl<M: Clone> Join<M> {
                     meta: p.meta,
                 }));
                 w.outputs.push((p.index, p.output));
-                w.expires_at = w.expires_at.max(p.hard_deadline_at + late_linger);
+                w.expires_at = w.expires_at.max(p.hard_deadline_at.saturating_add(late_linger));
             }
             State::Open(g) => {
                 let Some(m) = g.members.iter_mut().find(|m| m.spec.index == p.index) else {
@@ -365,7 +368,7 @@ impl<M: Clone> Join<M> {
         let entry = self
             .entries
             .entry(group_id.to_string())
-            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at + late_linger)), origins: Vec::new(), timer: None });
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition });
         match &mut entry.state {
             State::Waiting(w) if w.parity.is_none() => w.parity = Some((members, output)),
             State::Done { .. } => {
@@ -382,6 +385,22 @@ impl<M: Clone> Join<M> {
         entry.origins.push(origin);
         self.offsets.hold(origin);
         self.advance(group_id, now, false);
+    }
+
+    /// Forgets every group of a decoder partition now owned by another instance (which
+    /// replays it from the committed offsets), and that partition's offsets.
+    pub fn forget_partition(&mut self, partition: i32, topics: &[u8]) {
+        let gone: Vec<String> = self.entries.iter().filter(|(_, e)| e.partition == partition).map(|(id, _)| id.clone()).collect();
+        for id in gone {
+            if let Some(e) = self.entries.remove(&id) {
+                if let Some(t) = e.timer {
+                    self.timers.remove(&(t, id));
+                }
+            }
+        }
+        for t in topics {
+            self.offsets.forget(*t, partition);
+        }
     }
 
     /// Records an input that carried nothing for the join (e.g. a dead letter), so that
@@ -455,7 +474,7 @@ impl<M: Clone> Join<M> {
                     if w.answered.is_empty() {
                         Next::Drop
                     } else {
-                        Next::Finish(now + self.config.late_linger_ms)
+                        Next::Finish(now.saturating_add(self.config.late_linger_ms))
                     }
                 } else {
                     Next::Wake(w.expires_at)
@@ -623,7 +642,7 @@ fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
 /// The last moment a group's inputs can still matter: its last hard deadline plus the
 /// late linger.
 fn drop_at<M>(g: &Group<M>, config: &JoinConfig, now: u64) -> u64 {
-    g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now) + config.late_linger_ms
+    g.members.iter().map(|m| m.spec.hard_deadline_at).max().unwrap_or(now).saturating_add(config.late_linger_ms)
 }
 
 /// When the group next needs attention, or `None` when it is finished.

@@ -13,6 +13,8 @@ pub enum TensorError {
     BadDimension(Vec<i64>),
     #[error("tensor value at index {index} is {value}, but only finite numbers are accepted")]
     NotFinite { index: usize, value: f32 },
+    #[error("tensor shape {0:?} holds more values than this machine can address")]
+    TooLarge(Vec<usize>),
     #[error("expected a tensor of shape {expected:?}, got {actual:?}")]
     WrongShape { expected: Vec<usize>, actual: Vec<usize> },
 }
@@ -27,7 +29,7 @@ pub struct Tensor {
 impl Tensor {
     /// Builds a tensor, checking that the shape matches the data and every value is finite.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, TensorError> {
-        let expected: usize = shape.iter().product();
+        let expected = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| TensorError::TooLarge(shape.clone()))?;
         if expected != data.len() {
             return Err(TensorError::ShapeMismatch { shape, expected, actual: data.len() });
         }
@@ -39,7 +41,7 @@ impl Tensor {
 
     /// A tensor of zeros.
     pub fn zeros(shape: Vec<usize>) -> Self {
-        let n = shape.iter().product();
+        let n = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).unwrap_or(0);
         Self { shape, data: vec![0.0; n] }
     }
 
@@ -51,11 +53,14 @@ impl Tensor {
         if !bytes.len().is_multiple_of(4) {
             return Err(TensorError::RaggedBytes { bytes: bytes.len() });
         }
-        let data = bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        Self::new(shape.iter().map(|&d| d as usize).collect(), data)
+        let dims: Vec<usize> = shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>().map_err(|_| TensorError::TooLarge(Vec::new()))?;
+        let values = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)).ok_or_else(|| TensorError::TooLarge(dims.clone()))?;
+        // Checked before decoding: a shape must not make us allocate what the bytes lack.
+        if values.checked_mul(4) != Some(bytes.len()) {
+            return Err(TensorError::ShapeMismatch { shape: dims, expected: values, actual: bytes.len() / 4 });
+        }
+        let data = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(<[u8; 4]>::try_from(c).unwrap_or_default())).collect();
+        Self::new(dims, data)
     }
 
     /// The wire form: shape as `i64` and data as little-endian `f32` bytes.
@@ -114,6 +119,9 @@ mod tests {
         assert!(matches!(Tensor::from_wire(&[1], &nan), Err(TensorError::NotFinite { index: 0, .. })));
         let inf = f32::INFINITY.to_le_bytes();
         assert!(matches!(Tensor::from_wire(&[1], &inf), Err(TensorError::NotFinite { .. })));
+        let huge = i64::MAX / 2;
+        assert!(matches!(Tensor::from_wire(&[huge, huge, huge], &[0u8; 8]), Err(TensorError::TooLarge(_))));
+        assert!(matches!(Tensor::new(vec![usize::MAX, 2], vec![]), Err(TensorError::TooLarge(_))));
         let t = Tensor::zeros(vec![1, 28, 28]);
         assert!(t.expect_shape(&[1, 28, 28]).is_ok());
         assert!(matches!(t.expect_shape(&[784]), Err(TensorError::WrongShape { .. })));

@@ -22,6 +22,10 @@ pub struct DecoderArgs {
     /// Longest time (ms) a (re)started decoder replays its backlog before deadlines act.
     #[arg(long, env = "PARM_CATCH_UP_MS", default_value_t = 5000)]
     pub catch_up_ms: u64,
+    /// Latest a deadline in a record may lie ahead of now (ms); later ones are clamped, so
+    /// no record keeps a group in memory longer (match the encoder's --max-deadline-ms).
+    #[arg(long, env = "PARM_MAX_DEADLINE_MS", default_value_t = 60_000)]
+    pub max_deadline_ms: u64,
     /// Consumer group of the decoders (default: PREFIX-decoder).
     #[arg(long, env = "PARM_DECODER_GROUP")]
     pub group: Option<String>,

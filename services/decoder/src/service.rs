@@ -11,7 +11,8 @@ use parm_common::outbox::Outbox;
 use parm_common::records::{GroupManifest, ParityPrediction, Prediction, QueryResult, ResultSource};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
-use parm_common::{avro, dead_letter, now_ms};
+use parm_common::quarantine::guard;
+use parm_common::{avro, dead_letter, now_ms, trouble};
 use parm_core::join::{Arrival, Event, GroupSpec, MemberSpec};
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, Source};
@@ -97,11 +98,18 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
                 d.join.handle_timeout(now_ms());
             }
             msg = consumer.recv() => {
-                let msg = msg?;
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        trouble::ride_out(e, SERVICE, "reading groups and predictions")?;
+                        continue;
+                    }
+                };
                 if rebalances.get() != generation {
                     generation = rebalances.get();
-                    d.reset(&consumer);
+                    d.on_reassigned(&consumer);
                 }
+                kafka::consumed(&consumer, &msg);
                 d.on_message(&msg).await?;
             }
         }
@@ -127,15 +135,23 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
 }
 
 impl Decoder {
-    /// After a rebalance the consumer resumes from committed offsets: start the join afresh
-    /// and replay up to the current end before deadlines act.
-    fn reset(&mut self, consumer: &StreamConsumer<ParmContext>) {
-        self.join = Join::new(self.args.join_config());
-        self.links.clear();
-        self.snapshots.clear();
-        self.outbox.tracker = Default::default();
+    /// After a rebalance: the groups of partitions given back stay (they resume where this
+    /// decoder left off, see `parm_common::rebalance`), so nothing already answered is
+    /// answered again; the groups of partitions that went elsewhere are forgotten; and the
+    /// partitions taken over from elsewhere are replayed from their committed offsets up
+    /// to their current end before deadlines act.
+    fn on_reassigned(&mut self, consumer: &StreamConsumer<ParmContext>) {
+        let r = kafka::reassigned(consumer);
+        let dropped: std::collections::BTreeSet<i32> = r.dropped.iter().map(|(_, p)| *p).collect();
+        for p in dropped {
+            self.join.forget_partition(p, &[GROUPS, PREDICTIONS, PARITY]);
+        }
         let started = Instant::now();
-        let targets = tokio::task::block_in_place(|| replay_targets(consumer));
+        let targets: HashMap<(String, i32), i64> =
+            tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| !r.resumed.contains(k)).collect();
+        if targets.is_empty() {
+            return;
+        }
         tracing::info!(partitions = targets.len(), took_ms = started.elapsed().as_millis() as u64, "replaying the backlog before deadlines act");
         self.catch_up = Some(CatchUp::new(targets, Instant::now() + Duration::from_millis(self.args.catch_up_ms)));
     }
@@ -158,11 +174,11 @@ impl Decoder {
         let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
         let cx = telemetry::process_span(SERVICE, &consumed, &parent, vec![]);
         let payload = msg.payload().unwrap_or_default();
-        let outcome = match topic {
+        let outcome = guard(|| match topic {
             GROUPS => self.on_manifest(payload, origin, now),
             PREDICTIONS => self.on_prediction(payload, origin, now, &cx),
             _ => self.on_parity(payload, origin, now, &cx),
-        };
+        });
         if let Err((query_id, reason)) = outcome {
             self.join.observe(origin);
             let letter = dead_letter::for_message(SERVICE, msg, query_id, reason);
@@ -174,9 +190,8 @@ impl Decoder {
 
     fn on_manifest(&mut self, payload: &[u8], origin: Origin, now: u64) -> Result<(), (Option<String>, String)> {
         let m: GroupManifest = avro::decode(payload).map_err(|e| (None, format!("undecodable group manifest: {e:#}")))?;
-        if m.members.is_empty() {
-            return Err((None, format!("group manifest {} has no members", m.group_id)));
-        }
+        check_manifest(&m)?;
+        let clamp = |at: i64| self.clamp_deadline(at, now);
         let spec = GroupSpec {
             group_id: m.group_id,
             members: m
@@ -186,8 +201,8 @@ impl Decoder {
                     query_id: g.query_id,
                     index: g.index.max(0) as u32,
                     model_partition: g.model_partition,
-                    deadline_at: g.deadline_at_ms.max(0) as u64,
-                    hard_deadline_at: g.hard_deadline_at_ms.max(0) as u64,
+                    deadline_at: clamp(g.deadline_at_ms),
+                    hard_deadline_at: clamp(g.hard_deadline_at_ms),
                     meta: QueryMeta {
                         sent_at_ms: g.sent_at_ms,
                         received_at_ms: g.received_at_ms,
@@ -205,14 +220,15 @@ impl Decoder {
     fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
         let p: Prediction = avro::decode(payload).map_err(|e| (None, format!("undecodable prediction: {e:#}")))?;
         check_output(&p.output).map_err(|r| (Some(p.query_id.clone()), r))?;
-        let hard = p.hard_deadline_at_ms.max(0) as u64;
+        check_index(p.index, &p.group_id)?;
+        let hard = self.clamp_deadline(p.hard_deadline_at_ms, now);
         self.links.add(&p.group_id, p.index, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
         let arrival = Arrival {
             query_id: p.query_id,
             index: p.index.max(0) as u32,
             model_partition: p.model_partition,
             output: p.output,
-            deadline_at: p.deadline_at_ms.max(0) as u64,
+            deadline_at: self.clamp_deadline(p.deadline_at_ms, now),
             hard_deadline_at: hard,
             // Used when the prediction is answered before its manifest arrives: the
             // result then joins the query's trace through the prediction's own span.
@@ -230,7 +246,10 @@ impl Decoder {
     fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
         let p: ParityPrediction = avro::decode(payload).map_err(|e| (None, format!("undecodable parity prediction: {e:#}")))?;
         check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
-        let hard = p.hard_deadline_at_ms.max(0) as u64;
+        if !(1..=MAX_K).contains(&p.members) {
+            return Err((None, format!("parity prediction of group {} encodes {} members, not 1..={MAX_K}", p.group_id, p.members)));
+        }
+        let hard = self.clamp_deadline(p.hard_deadline_at_ms, now);
         self.links.add(&p.group_id, -1, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
         self.join.on_parity(&p.group_id, p.members.max(0) as u32, p.output, hard, origin, now);
         Ok(())
@@ -305,6 +324,42 @@ impl Decoder {
         let offsets: Vec<_> = offsets.into_iter().map(|(t, p, o)| (names[t as usize].clone(), p, o)).collect();
         store_offsets(consumer, &offsets);
     }
+}
+
+impl Decoder {
+    /// A deadline from the wire as a time the join can hold: never before 0, never more
+    /// than `--max-deadline-ms` from now, so no record keeps state longer than that.
+    fn clamp_deadline(&self, at_ms: i64, now: u64) -> u64 {
+        u64::try_from(at_ms).unwrap_or(0).min(now.saturating_add(self.args.max_deadline_ms))
+    }
+}
+
+/// The largest k parm serves.
+const MAX_K: i32 = 8;
+
+/// Refuses a manifest the join could not hold a group for.
+fn check_manifest(m: &GroupManifest) -> Result<(), (Option<String>, String)> {
+    let refuse = |why: String| Err((None, format!("group manifest {}: {why}", m.group_id)));
+    if m.members.is_empty() {
+        return refuse("it has no members".into());
+    }
+    if !(1..=MAX_K).contains(&m.k) || m.members.len() > m.k as usize {
+        return refuse(format!("{} members with k = {}; k must be 1..={MAX_K} and at least the member count", m.members.len(), m.k));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for g in &m.members {
+        if !(0..m.k).contains(&g.index) || !seen.insert(g.index) {
+            return refuse(format!("member index {} is out of range 0..{} or repeated", g.index, m.k));
+        }
+    }
+    Ok(())
+}
+
+fn check_index(index: i32, group_id: &str) -> Result<(), (Option<String>, String)> {
+    if !(0..MAX_K).contains(&index) {
+        return Err((None, format!("prediction of group {group_id} has member index {index}, not 0..{MAX_K}")));
+    }
+    Ok(())
 }
 
 fn check_output(output: &[f32]) -> Result<(), String> {

@@ -1,6 +1,7 @@
 //! The encoder's settings.
 
 use parm_common::service_args::ServiceArgs;
+use crate::intake::Limits;
 use parm_common::model::{resolve, ModelManifest};
 use parm_core::ParityEncoder;
 
@@ -39,6 +40,13 @@ pub struct EncoderArgs {
     /// machine short of CPU pays for everywhere).
     #[arg(long, env = "PARM_RESEND_WINDOW_MS", default_value_t = 500)]
     pub resend_window_ms: u64,
+    /// Longest latency budget or hard deadline (ms) a query can have: a client's
+    /// `deadline_ms` above it is clamped to it, so no query keeps decoder state longer.
+    #[arg(long, env = "PARM_MAX_DEADLINE_MS", default_value_t = 60_000)]
+    pub max_deadline_ms: u64,
+    /// Longest query id (bytes); a longer one is a dead letter.
+    #[arg(long, env = "PARM_MAX_ID_BYTES", default_value_t = 256)]
+    pub max_id_bytes: usize,
     /// Consumer group of the encoders (default: PREFIX-encoder).
     #[arg(long, env = "PARM_ENCODER_GROUP")]
     pub group: Option<String>,
@@ -69,5 +77,16 @@ impl EncoderArgs {
         let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or("addition").parse().map_err(anyhow::Error::msg)?;
         encoder.validate(k, &m.input_shape)?;
         Ok(CodingPlan { k, encoder, input_shape: m.input_shape })
+    }
+
+    /// The limits on client records: the flags, and the input range of the base model the
+    /// parity model protects (its manifest's `input_range`, else the parity model's).
+    pub fn limits(&self) -> anyhow::Result<Limits> {
+        if self.hard_deadline_ms > self.max_deadline_ms {
+            anyhow::bail!("--hard-deadline-ms {} is above --max-deadline-ms {}; raise the maximum or lower the hard deadline", self.hard_deadline_ms, self.max_deadline_ms);
+        }
+        let (m, _) = ModelManifest::load(&resolve(&self.parity_model))?;
+        let base_range = m.base.as_deref().and_then(|b| ModelManifest::load(&resolve(b)).ok()).and_then(|(b, _)| b.input_range);
+        Ok(Limits { max_id_bytes: self.max_id_bytes, max_deadline_ms: self.max_deadline_ms, input_range: base_range.or(m.input_range) })
     }
 }

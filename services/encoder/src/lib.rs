@@ -21,10 +21,12 @@
 //! ## Layout
 //! - [`config`]: flags and what is read from the parity model's manifest.
 //! - [`health`]: the workers' health as reported, and the recent parity queries.
+//! - [`intake`]: what a client record must be to be served (pure, fuzzed).
 //! - [`service`]: the consume–group–produce loop.
 
 pub mod config;
 pub mod health;
+pub mod intake;
 pub mod service;
 
 pub use config::EncoderArgs;

@@ -1,6 +1,7 @@
 //! The encoder loop: consume queries, close groups, produce members, parity and manifest.
 
 use crate::config::{CodingPlan, EncoderArgs};
+use crate::intake::{self, Admitted, Limits};
 use crate::health::{HealthView, ParityLog, SentParity};
 use opentelemetry::Context;
 use parm_common::kafka::{self, partition_count, store_offsets, Topics};
@@ -9,9 +10,10 @@ use parm_common::outbox::Outbox;
 use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor, WorkerHealth};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
-use parm_common::{avro, dead_letter, now_ms};
+use parm_common::quarantine::guard;
+use parm_common::{avro, dead_letter, now_ms, trouble};
 use parm_core::grouping::{group_partition, ClosedGroup, GroupBuilder, MemberPartitions};
-use parm_core::offsets::{OffsetTracker, Origin};
+use parm_core::offsets::Origin;
 use parm_core::Tensor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
@@ -45,6 +47,7 @@ struct Encoder {
     member_partitions: MemberPartitions,
     parity_partitions: i32,
     decoder_partitions: i32,
+    limits: Limits,
     builder: GroupBuilder<Accepted>,
     outbox: Outbox,
     /// With --route-by-health: the workers' health and the parity queries sent recently.
@@ -57,6 +60,7 @@ struct Encoder {
 /// without committing past the unwritten queries, so a restart replays them).
 pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
+    let limits = args.limits()?;
     let topics = args.common.kafka.topics();
     let model_partitions = partition_count(&args.common.kafka, &topics.model_queries).await?;
     if (model_partitions as usize) < plan.k {
@@ -84,6 +88,7 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let resend_window_ms = args.resend_window_ms;
     let mut enc = Encoder {
         builder: GroupBuilder::new(plan.k, args.linger_ms),
+        limits,
         group: args.group_name(),
         args,
         plan,
@@ -108,15 +113,24 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
                     enc.send_group(g, false).await?;
                 }
             }
-            report = next_report(health_reader.as_ref()) => enc.on_health(&report?).await?,
-            msg = consumer.recv() => {
-                let msg = msg?;
-                if rebalances.get() != generation {
-                    // The consumer resumes from committed offsets: open groups will be replayed.
-                    generation = rebalances.get();
-                    enc.builder = GroupBuilder::new(enc.plan.k, enc.args.linger_ms);
-                    enc.outbox.tracker = OffsetTracker::new();
+            report = next_report(health_reader.as_ref()) => {
+                if let Some(report) = report? {
+                    enc.on_health(&report).await?;
                 }
+            }
+            msg = consumer.recv() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        trouble::ride_out(e, SERVICE, "reading queries")?;
+                        continue;
+                    }
+                };
+                if rebalances.get() != generation {
+                    generation = rebalances.get();
+                    enc.on_reassigned(&kafka::reassigned(&consumer)).await?;
+                }
+                kafka::consumed(&consumer, &msg);
                 enc.on_message(&msg).await?;
             }
         }
@@ -135,10 +149,13 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     Ok(())
 }
 
-/// The next health report, or never without a reader.
-async fn next_report(reader: Option<&StreamConsumer<kafka::ParmContext>>) -> anyhow::Result<rdkafka::message::OwnedMessage> {
+/// The next health report (`None` after a transient error), or never without a reader.
+async fn next_report(reader: Option<&StreamConsumer<kafka::ParmContext>>) -> anyhow::Result<Option<rdkafka::message::OwnedMessage>> {
     match reader {
-        Some(r) => Ok(r.recv().await?.detach()),
+        Some(r) => match r.recv().await {
+            Ok(m) => Ok(Some(m.detach())),
+            Err(e) => trouble::ride_out(e, SERVICE, "reading health reports").map(|()| None),
+        },
         None => std::future::pending().await,
     }
 }
@@ -155,6 +172,21 @@ fn store(consumer: &StreamConsumer<kafka::ParmContext>, enc: &Encoder) {
 }
 
 impl Encoder {
+    /// After a rebalance: a partition given back resumes where this encoder left off (see
+    /// `parm_common::rebalance`), so its open group stays; the open group of a partition
+    /// now owned by another encoder is closed and sent as it is (its members were sent
+    /// already, and the decoder needs the manifest), and its input holds are dropped: the
+    /// new owner replays from the committed offset.
+    async fn on_reassigned(&mut self, r: &kafka::Reassignment) -> anyhow::Result<()> {
+        for (_, partition) in &r.dropped {
+            if let Some(g) = self.builder.close_now(*partition) {
+                self.send_group(g, false).await?;
+            }
+            self.outbox.tracker.forget(0, *partition);
+        }
+        Ok(())
+    }
+
     async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
         self.outbox.tracker.hold(origin);
@@ -163,8 +195,10 @@ impl Encoder {
         let parent = telemetry::extract(msg.headers());
         let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
         let cx = telemetry::process_span(SERVICE, &consumed, &parent, vec![]);
-        match self.validate(msg.payload().unwrap_or_default()) {
-            Ok((query, tensor)) => {
+        let payload = msg.payload().unwrap_or_default();
+        let admitted = guard(|| intake::admit(&self.plan, &self.limits, self.args.deadline_ms, payload));
+        match admitted {
+            Ok(Admitted { query, tensor, budget_ms }) => {
                 metrics::counter!(names::ENCODER_QUERIES).increment(1);
                 let solo = self.bound_for_slow_worker(msg.partition(), msg.offset(), received_at);
                 if solo {
@@ -173,7 +207,7 @@ impl Encoder {
                         self.send_group(g, false).await?;
                     }
                 }
-                let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, received_at, origin, cx).await?;
+                let accepted = self.send_member(msg.partition(), msg.offset(), query, tensor, budget_ms, received_at, origin, cx).await?;
                 let mut closed = self.builder.push(msg.partition(), msg.offset(), accepted, received_at);
                 if solo && closed.is_none() {
                     closed = self.builder.close_now(msg.partition());
@@ -233,23 +267,6 @@ impl Encoder {
         Ok(())
     }
 
-    /// Decodes and checks a query; on failure, the query id if known and a reason.
-    fn validate(&self, payload: &[u8]) -> Result<(Query, Tensor), (Option<String>, String)> {
-        let query: Query = avro::decode(payload).map_err(|e| (None, format!("undecodable query: {e:#}")))?;
-        let id = Some(query.id.clone());
-        if query.id.is_empty() {
-            return Err((None, "query id is empty; give every query a unique id".into()));
-        }
-        if query.deadline_ms.is_some_and(|d| d < 0) {
-            return Err((id, format!("deadline_ms is {}; it must be at least 0", query.deadline_ms.unwrap_or(0))));
-        }
-        let tensor = query.tensor.to_tensor().map_err(|e| (id.clone(), format!("bad tensor: {e}")))?;
-        tensor
-            .expect_shape(&self.plan.input_shape)
-            .map_err(|e| (id.clone(), format!("wrong tensor shape for this deployment: {e}")))?;
-        Ok((query, tensor))
-    }
-
     /// Sends a query to its model worker at once, in the group it lands in.
     #[allow(clippy::too_many_arguments)]
     async fn send_member(
@@ -258,14 +275,17 @@ impl Encoder {
         offset: i64,
         query: Query,
         tensor: Tensor,
+        budget_ms: u64,
         received_at: u64,
         origin: Origin,
         cx: Context,
     ) -> anyhow::Result<Accepted> {
         let slot = self.builder.peek_slot(partition, offset);
-        let budget = query.deadline_ms.map_or(self.args.deadline_ms, |d| d as u64);
-        let deadline_at = (received_at + budget) as i64;
-        let hard_deadline_at = (received_at + self.args.hard_deadline_ms.max(budget)) as i64;
+        // Both are at most received_at + --max-deadline-ms (intake clamps the budget, and the
+        // hard deadline is checked against the maximum at start).
+        let at = |ms: u64| i64::try_from(received_at.saturating_add(ms)).unwrap_or(i64::MAX);
+        let deadline_at = at(budget_ms);
+        let hard_deadline_at = at(self.args.hard_deadline_ms.max(budget_ms));
         let model_partition = self.member_partitions.get(slot.first_offset, slot.index);
         let send_cx = telemetry::send_span(SERVICE, &self.topics.model_queries, Some(model_partition), &query.id, &cx, vec![]);
         let record = MemberQuery {
@@ -299,7 +319,21 @@ impl Encoder {
         let now = now_ms();
         let decoder_partition = group_partition(&g.id, self.decoder_partitions);
         let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
-        let parity_input = if self.args.no_parity { None } else { Some(self.plan.encoder.encode(self.plan.k, &tensors)?) };
+        let parity_input = if self.args.no_parity {
+            None
+        } else {
+            // Intake keeps every value in range, so this cannot fail; if it does anyway, the
+            // group goes out without parity (its queries get MODEL or UNAVAILABLE answers).
+            match guard(|| self.plan.encoder.encode(self.plan.k, &tensors).map_err(|e| (None, e.to_string()))) {
+                Ok(p) => Some(p),
+                Err((_, reason)) => {
+                    tracing::error!(group = %g.id, %reason, "could not encode a parity query; the group is sent without parity");
+                    self.counts.add("not encodable", 1);
+                    None
+                }
+            }
+        };
+        let has_parity = parity_input.is_some();
         let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
         let members = g.members.len();
         let mut origins = Vec::with_capacity(members);
@@ -344,7 +378,7 @@ impl Encoder {
             encoder: self.plan.encoder.to_string(),
             created_at_ms: now as i64,
             members: manifest_members,
-            has_parity: !self.args.no_parity,
+            has_parity,
         };
         let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links);
         let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;

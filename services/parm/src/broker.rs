@@ -12,15 +12,53 @@ pub fn kafka_local_script() -> PathBuf {
 
 /// Starts the local broker if it is not running (idempotent) and returns its address.
 pub fn start_local() -> anyhow::Result<String> {
+    kafka_local(&[], "start")
+}
+
+/// A broker of its own on other ports (`scripts/kafka-local` with `PARM_KAFKA_PORT`), for a
+/// test that stops and starts it without touching the broker other tests share.
+pub struct OwnBroker {
+    env: Vec<(&'static str, String)>,
+    pub bootstrap: String,
+}
+
+impl OwnBroker {
+    /// Starts (or finds running) the broker on `port`, its controller on `port + 1`.
+    pub fn start(port: u16) -> anyhow::Result<Self> {
+        let env = vec![("PARM_KAFKA_PORT", port.to_string()), ("PARM_KAFKA_CONTROLLER_PORT", (port + 1).to_string())];
+        let bootstrap = kafka_local(&env, "start")?;
+        Ok(Self { env, bootstrap })
+    }
+
+    /// Stops the broker (SIGTERM, then SIGKILL after 30 s).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        kafka_local(&self.env, "stop").map(|_| ())
+    }
+
+    /// Starts it again after [`OwnBroker::stop`]; returns once it serves clients.
+    pub fn restart(&self) -> anyhow::Result<()> {
+        kafka_local(&self.env, "start").map(|_| ())
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Runs `scripts/kafka-local COMMAND` with `env`; returns the last line it printed.
+fn kafka_local(env: &[(&str, String)], command: &str) -> anyhow::Result<String> {
     let script = kafka_local_script();
     let out = Command::new("bash")
         .arg(&script)
-        .arg("start")
+        .arg(command)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .with_context(|| format!("running {}", script.display()))?;
     if !out.status.success() {
         bail!(
-            "{} start failed:\n{}{}",
+            "{} {command} failed:\n{}{}",
             script.display(),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
@@ -32,6 +70,7 @@ pub fn start_local() -> anyhow::Result<String> {
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
+        .or_else(|| (command == "stop").then(String::new))
         .context("scripts/kafka-local start printed no bootstrap address")
 }
 

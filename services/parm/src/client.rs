@@ -43,7 +43,8 @@ impl Client {
         let group = format!("{}-client-{}-{}", kafka.topic_prefix, std::process::id(), now_ms());
         let (results, _) = kafka.consumer(&group)?;
         results.subscribe(&[&topics.results]).context("subscribing to the results topic")?;
-        Ok(Self { topics, producer: kafka.producer()?, results })
+        // A client rides out a broker outage of a few minutes, then says so.
+        Ok(Self { topics, producer: kafka.client_producer(300_000)?, results })
     }
 
     /// Sends one query and waits for the broker's acknowledgement. The send span's trace
@@ -55,8 +56,9 @@ impl Client {
     }
 
     /// Hands one query to the producer without waiting for its acknowledgement (an
-    /// open-loop sender must not wait a broker round trip between sends).
-    async fn enqueue(&self, id: &str, tensor: &Tensor, deadline_ms: Option<i64>) -> anyhow::Result<(DeliveryFuture, Option<String>)> {
+    /// open-loop sender must not wait a broker round trip between sends; a client riding
+    /// out a broker outage keeps sending into librdkafka's queue).
+    pub async fn enqueue(&self, id: &str, tensor: &Tensor, deadline_ms: Option<i64>) -> anyhow::Result<(DeliveryFuture, Option<String>)> {
         let q = Query { id: id.to_string(), tensor: WireTensor::from_tensor(tensor), deadline_ms, sent_at_ms: now_ms() as i64 };
         let cx = telemetry::send_span("client", &self.topics.queries, None, id, &Context::new(), vec![]);
         let f = kafka::send(&self.producer, &self.topics.queries, None, id, &avro::encode(&q)?, telemetry::inject(&cx)).await?;
@@ -72,8 +74,16 @@ impl Client {
 
     /// The next result, or `None` if none comes within `timeout`.
     pub async fn next_result(&self, timeout: Duration) -> anyhow::Result<Option<Received>> {
-        let Ok(msg) = tokio::time::timeout(timeout, self.results.recv()).await else { return Ok(None) };
-        let msg = msg?;
+        let until = Instant::now() + timeout;
+        let msg = loop {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(msg) = tokio::time::timeout(left, self.results.recv()).await else { return Ok(None) };
+            match msg {
+                Ok(m) => break m,
+                // A broker outage: librdkafka reconnects by itself.
+                Err(e) => parm_common::trouble::ride_out(e, "client", "reading results")?,
+            }
+        };
         let result: QueryResult = avro::decode(msg.payload().unwrap_or_default())?;
         let traceparent = kafka::header_str(msg.headers(), "traceparent").map(str::to_string);
         Ok(Some(Received { result, arrived_at_us: now_us(), traceparent, hedge: false }))

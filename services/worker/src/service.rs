@@ -13,8 +13,9 @@ use parm_common::outbox::Outbox;
 use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction, QueryResult};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
-use parm_common::{avro, dead_letter, now_ms};
-use parm_core::offsets::{OffsetTracker, Origin};
+use parm_common::quarantine::guard;
+use parm_common::{avro, dead_letter, now_ms, trouble};
+use parm_core::offsets::Origin;
 use parm_core::Tensor;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -55,6 +56,8 @@ struct Worker {
     skip_expired: bool,
     /// With `--skip-answered`: a reader of the results topic and what it has seen.
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
+    /// Partitions of the output topic: a record naming another decoder partition is refused.
+    output_partitions: i32,
     /// Queries run and skipped (by reason).
     counts: Tally,
 }
@@ -75,6 +78,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         Role::Model => (topics.model_queries.clone(), topics.predictions.clone()),
         Role::Parity => (topics.parity_queries.clone(), topics.parity_predictions.clone()),
     };
+    let output_partitions = kafka::partition_count(&args.common.kafka, &output_topic).await?;
     let group = args.group_name(role);
     let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
@@ -101,6 +105,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,
         answered,
+        output_partitions,
         counts: Default::default(),
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
@@ -111,18 +116,32 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         let first = tokio::select! {
             _ = shutdown.wait() => break,
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
-            msg = consumer.recv() => msg?,
+            msg = consumer.recv() => match msg {
+                Ok(m) => m,
+                Err(e) => { trouble::ride_out(e, w.service(), "reading queries")?; continue; }
+            },
         };
         let reassigned = rebalances.get() != generation;
         if reassigned {
             generation = rebalances.get();
-            w.outbox.tracker = OffsetTracker::new();
+            // Partitions given back resume where this worker left off; the holds of the
+            // others go, their new owner replays them.
+            for (_, partition) in kafka::reassigned(&consumer).dropped {
+                w.outbox.tracker.forget(0, partition);
+            }
         }
+        kafka::consumed(&consumer, &first);
         let mut batch = vec![first];
         let until = Instant::now() + max_wait;
         while batch.len() < max_batch {
             tokio::select! {
-                msg = consumer.recv() => batch.push(msg?),
+                msg = consumer.recv() => match msg {
+                    Ok(m) => {
+                        kafka::consumed(&consumer, &m);
+                        batch.push(m);
+                    }
+                    Err(e) => trouble::ride_out(e, w.service(), "reading queries")?,
+                },
                 _ = tokio::time::sleep_until(until.into()) => break,
             }
         }
@@ -148,6 +167,29 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
 /// The input partitions assigned to this worker now.
 fn owned_partitions(consumer: &StreamConsumer<ParmContext>) -> Vec<i32> {
     consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+}
+
+/// Runs a batch; if the batch fails (or panics), each query alone, so that one bad query
+/// costs only itself. Every output is checked to be finite numbers.
+fn run_guarded(model: &Model, tensors: &[Tensor]) -> Vec<Result<Vec<f32>, String>> {
+    let run = |batch: &[&Tensor]| -> Result<Vec<Vec<f32>>, String> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(batch))) {
+            Ok(Ok(out)) if out.len() == batch.len() => Ok(out),
+            Ok(Ok(out)) => Err(format!("the model gave {} outputs for {} inputs", out.len(), batch.len())),
+            Ok(Err(e)) => Err(format!("the model could not run this query: {e:#}")),
+            Err(_) => Err("the model panicked on this query".into()),
+        }
+    };
+    let check = |out: Vec<f32>| match out.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!("model output value {i} is not a finite number; the input drives the model out of range")),
+        None => Ok(out),
+    };
+    let all: Vec<&Tensor> = tensors.iter().collect();
+    match run(&all) {
+        Ok(outs) => outs.into_iter().map(check).collect(),
+        Err(_) if tensors.len() > 1 => tensors.iter().map(|t| run(&[t]).and_then(|mut o| o.pop().ok_or_else(|| "no output".to_string())).and_then(check)).collect(),
+        Err(reason) => vec![Err(reason)],
+    }
 }
 
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
@@ -197,7 +239,7 @@ impl Worker {
         for msg in batch {
             let origin = Origin { topic: 0, partition: msg.partition(), offset: msg.offset() };
             self.outbox.tracker.hold(origin);
-            match self.decode(msg, origin) {
+            match guard(|| self.decode(msg, origin)) {
                 Ok(item) => match self.skip_reason(&item, now) {
                     Some(reason) => {
                         metrics::counter!(names::WORKER_SKIPPED, "role" => self.role.as_str(), "reason" => reason).increment(1);
@@ -226,8 +268,30 @@ impl Worker {
             &Context::new(),
             links,
         );
-        let outputs = tokio::task::spawn_blocking(move || model.infer(&tensors.iter().collect::<Vec<_>>())).await??;
+        let outputs = tokio::task::spawn_blocking(move || run_guarded(&model, &tensors)).await?;
         drop(infer_cx);
+        // A query the model could not run, or whose output is not finite numbers, is a dead
+        // letter; the rest of its batch goes on.
+        let mut kept = Vec::with_capacity(items.len());
+        let mut good = Vec::with_capacity(items.len());
+        for (item, output) in items.into_iter().zip(outputs) {
+            match output {
+                Ok(out) => {
+                    kept.push(item);
+                    good.push(out);
+                }
+                Err(reason) => {
+                    let Some(msg) = batch.iter().find(|m| m.partition() == item.origin.partition && m.offset() == item.origin.offset) else { continue };
+                    let letter = dead_letter::for_message(self.service(), msg, Some(item.key.clone()), reason);
+                    let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
+                    self.outbox.push(vec![item.origin], vec![(f, self.topics.dead_letters.clone())]);
+                }
+            }
+        }
+        let (items, outputs) = (kept, good);
+        if items.is_empty() {
+            return Ok(true);
+        }
         let extra = self.delay.extra(now_ms() as f64);
         if !extra.is_zero() {
             tokio::time::sleep(extra).await;
@@ -310,6 +374,20 @@ impl Worker {
             }
             Role::Parity => {
                 let q: ParityQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable parity query: {e:#}")))?;
+                // A parity model decodes only parity queries of its own code: refuse, never
+                // serve, a query from an encoder configured for another one.
+                let m = &self.model.manifest;
+                let want_encoder = m.encoder.as_deref().and_then(|e| e.parse::<parm_core::ParityEncoder>().ok()).unwrap_or(parm_core::ParityEncoder::Addition);
+                let encoder_matches = q.encoder.parse::<parm_core::ParityEncoder>().is_ok_and(|e| e == want_encoder);
+                if m.k.and_then(|k| i32::try_from(k).ok()) != Some(q.k) || !encoder_matches {
+                    return Err((None, format!(
+                        "parity query of group {} was encoded with k = {} and encoder '{}', but this parity worker serves {} (k = {:?}, encoder {}); start the encoder and the parity workers with the same parity model",
+                        q.group_id, q.k, q.encoder, m.name, m.k, want_encoder
+                    )));
+                }
+                if !(1..=q.k).contains(&q.members) {
+                    return Err((None, format!("parity query of group {} encodes {} members, not 1..={}", q.group_id, q.members, q.k)));
+                }
                 let tensor = q.tensor.to_tensor().map_err(|e| (None, format!("bad parity tensor of group {}: {e}", q.group_id)))?;
                 Item {
                     key: q.group_id.clone(),
@@ -326,6 +404,9 @@ impl Worker {
                 }
             }
         };
+        if !(0..self.output_partitions).contains(&item.decoder_partition) {
+            return Err((Some(item.key.clone()), format!("decoder_partition {} is not a partition of {} (0..{})", item.decoder_partition, self.output_topic, self.output_partitions)));
+        }
         item.tensor
             .expect_shape(&self.model.manifest.input_shape)
             .map_err(|e| (Some(item.key.clone()), format!("wrong tensor shape for model {}: {e}", self.model.manifest.name)))?;

@@ -410,3 +410,76 @@ fn a_regrouped_manifest_adds_its_members_and_never_reconstructs() {
     let r = results(&mut j);
     assert_eq!((r[0].query_id.as_str(), r[0].source), ("q1", Source::Unavailable));
 }
+
+/// One input to the join with hostile values: any index, any deadline (up to u64::MAX),
+/// outputs of any length and value, group ids that collide.
+#[derive(Debug, Clone)]
+enum Op {
+    Manifest { group: u8, indexes: Vec<u32>, deadline: u64, hard: u64, has_parity: bool },
+    Prediction { group: u8, index: u32, output: Vec<f32>, deadline: u64, hard: u64 },
+    Parity { group: u8, members: u32, output: Vec<f32>, hard: u64 },
+    Tick(u64),
+    Forget(i32),
+}
+
+fn hostile_time() -> impl Strategy<Value = u64> {
+    prop_oneof![0u64..5_000, Just(u64::MAX), Just(u64::MAX - 1), any::<u64>()]
+}
+
+/// Outputs of any length and value but empty (the decoder refuses empty or non-finite
+/// outputs before they reach the join), including ones whose differences overflow.
+fn hostile_output() -> impl Strategy<Value = Vec<f32>> {
+    prop::collection::vec(prop_oneof![Just(f32::MAX), Just(-f32::MAX), -10.0f32..10.0, -1.0e38f32..1.0e38], 1..12)
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..4, prop::collection::vec(prop_oneof![0u32..9, any::<u32>()], 0..10), hostile_time(), hostile_time(), any::<bool>())
+            .prop_map(|(group, indexes, deadline, hard, has_parity)| Op::Manifest { group, indexes, deadline, hard, has_parity }),
+        (0u8..4, prop_oneof![0u32..9, any::<u32>()], hostile_output(), hostile_time(), hostile_time())
+            .prop_map(|(group, index, output, deadline, hard)| Op::Prediction { group, index, output, deadline, hard }),
+        (0u8..4, prop_oneof![0u32..9, any::<u32>()], hostile_output(), hostile_time()).prop_map(|(group, members, output, hard)| Op::Parity { group, members, output, hard }),
+        hostile_time().prop_map(Op::Tick),
+        (0i32..3).prop_map(Op::Forget),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(3000)))]
+
+    /// Fuzzing the join with what a hostile internal record could carry: it never panics,
+    /// an UNAVAILABLE answer carries no output and any other answer one, and no offset is
+    /// ever committable past what was read.
+    #[test]
+    fn hostile_inputs_never_panic_and_answers_stay_well_formed(ops in prop::collection::vec(op(), 1..40), policy in prop_oneof![Just(Policy::Eager), Just(Policy::Deadline)]) {
+        let mut j: Join = Join::new(JoinConfig { policy, lag_awareness: true, late_linger_ms: 100 });
+        let mut now = 0u64;
+        for (n, op) in ops.into_iter().enumerate() {
+            let o = |topic: u8, partition: i32| Origin { topic, partition, offset: n as i64 };
+            match op {
+                Op::Manifest { group, indexes, deadline, hard, has_parity } => {
+                    let members = indexes.iter().map(|&index| MemberSpec { query_id: format!("q{index}"), index, model_partition: (index % 3) as i32, deadline_at: deadline, hard_deadline_at: hard, meta: () }).collect();
+                    j.on_manifest(GroupSpec { group_id: format!("g{group}"), members, has_parity }, o(0, i32::from(group % 2)), now);
+                }
+                Op::Prediction { group, index, output, deadline, hard } => {
+                    let a = Arrival { query_id: format!("q{index}"), index, model_partition: (index % 3) as i32, output, deadline_at: deadline, hard_deadline_at: hard, meta: () };
+                    j.on_prediction(&format!("g{group}"), a, o(1, i32::from(group % 2)), now);
+                }
+                Op::Parity { group, members, output, hard } => j.on_parity(&format!("g{group}"), members, output, hard, o(2, i32::from(group % 2)), now),
+                Op::Tick(t) => {
+                    now = now.max(t.min(u64::MAX / 2));
+                    j.handle_timeout(now);
+                }
+                Op::Forget(p) => j.forget_partition(p, &[0, 1, 2]),
+            }
+            while let Some(e) = j.poll_event() {
+                if let Event::Result(r) = e {
+                    prop_assert_eq!(r.source == Source::Unavailable, r.output.is_empty(), "{:?}", r);
+                }
+            }
+            for (_, _, next) in j.committable() {
+                prop_assert!(next <= n as i64 + 1);
+            }
+        }
+    }
+}

@@ -44,7 +44,12 @@ pub fn top1_of_f(t: &Tensor) -> i32 {
 
 /// Topic names and consumer groups unique to one test.
 pub fn kafka_for(test: &str) -> KafkaArgs {
-    KafkaArgs { brokers: brokers(), topic_prefix: format!("t-{test}-{}", now_ms()), kafka_set: vec![] }
+    kafka_on(&brokers(), test)
+}
+
+/// Like [`kafka_for`], on another broker.
+pub fn kafka_on(brokers: &str, test: &str) -> KafkaArgs {
+    KafkaArgs { brokers: brokers.to_string(), topic_prefix: format!("t-{test}-{}", now_ms()), kafka_set: vec![], instance_id: None }
 }
 
 /// A running deployment and a client connected to it.
@@ -58,7 +63,12 @@ impl Pipeline {
     /// Creates the topics, starts the services as processes and waits until every consumer
     /// group is stable. `tweak` adjusts the spec (flags, stragglers) before the start.
     pub async fn start(test: &str, model_workers: usize, parity_workers: usize, tweak: impl FnOnce(&mut DeploymentSpec)) -> Self {
-        let kafka = kafka_for(test);
+        Self::start_on(&brokers(), test, model_workers, parity_workers, tweak).await
+    }
+
+    /// [`Pipeline::start`] on another broker.
+    pub async fn start_on(brokers: &str, test: &str, model_workers: usize, parity_workers: usize, tweak: impl FnOnce(&mut DeploymentSpec)) -> Self {
+        let kafka = kafka_on(brokers, test);
         let layout = TopicLayout {
             query_partitions: 1,
             model_partitions: model_workers as i32,

@@ -1,0 +1,145 @@
+//! Faults against the real broker: the broker itself stopped and started mid-stream,
+//! hostile records salted into a live stream, and a misconfigured parity worker.
+
+mod support;
+
+use parm::broker::OwnBroker;
+use parm_common::avro;
+use parm_common::records::{Query, ResultSource, WireTensor};
+use std::collections::HashMap;
+use std::time::Duration;
+use support::{mnist, top1_of_f, Pipeline};
+
+/// A port pair of its own for the broker this file stops (the shared one is 9092/9093).
+const OWN_BROKER_PORT: u16 = 19192;
+
+fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource) -> usize {
+    results.values().filter(|r| r.result.source == source).count()
+}
+
+/// The broker is stopped for 10 s mid-stream and started again. Every service rides it
+/// out (none exits), and every query sent before, during and after the outage gets exactly
+/// one result, from the model or reconstructed, with the model's answer where it is MODEL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_result() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let broker = tokio::task::block_in_place(|| OwnBroker::start(OWN_BROKER_PORT)).expect("starting a broker of this test's own");
+    let mut p = Pipeline::start_on(&broker.bootstrap, "outage", 2, 1, |s| {
+        // Queries in flight during the outage are answered after it, not UNAVAILABLE.
+        s.encoder_args.extend(["--hard-deadline-ms".to_string(), "60000".to_string()]);
+    })
+    .await;
+    let before = p.send("before", 0..40, 40.0, None).await;
+    let (results, _) = p.results_for(&before, Duration::from_secs(60)).await;
+    assert_eq!(results.len(), before.len());
+
+    tokio::task::block_in_place(|| broker.stop()).expect("stopping the broker");
+    // Queries sent while the broker is down wait in the client's producer queue.
+    let mut during = HashMap::new();
+    let mut pending = Vec::new();
+    for i in 40..70 {
+        let id = format!("during-{i}");
+        let (f, _) = p.client.enqueue(&id, &mnist().images[i], None).await.expect("queued while the broker is down");
+        pending.push(f);
+        during.insert(id, i);
+        tokio::time::sleep(OUTAGE / 30).await;
+    }
+    tokio::task::block_in_place(|| broker.restart()).expect("starting the broker again");
+    for f in pending {
+        parm_common::kafka::delivered(f, "queries").await.expect("a query queued during the outage is delivered after it");
+    }
+    let after = p.send("after", 70..110, 40.0, None).await;
+
+    let mut rest = during;
+    rest.extend(after);
+    let (results, duplicates) = p.results_for(&rest, Duration::from_secs(120)).await;
+    let mut all = before.clone();
+    all.extend(rest.clone());
+    tokio::task::block_in_place(|| p.deployment.check_alive()).expect("every service rode out the outage");
+    eprintln!(
+        "during and after a broker restart: {} results for {} queries, {duplicates} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
+        results.len(),
+        rest.len(),
+        count(&results, ResultSource::Model),
+        count(&results, ResultSource::Reconstructed),
+        count(&results, ResultSource::Unavailable)
+    );
+    // Nothing more comes: no query of any phase is answered twice.
+    let extra = p.client.collect(&["never".to_string()].into(), Duration::from_secs(2)).await.unwrap();
+    let repeated = extra.iter().filter(|r| all.contains_key(&r.result.query_id)).count();
+    assert_eq!(duplicates + repeated, 0, "exactly one result per query");
+    assert_eq!(count(&results, ResultSource::Unavailable), 0, "no query's hard deadline passed");
+    for (id, idx) in &rest {
+        let r = &results[id].result;
+        if r.source == ResultSource::Model {
+            assert_eq!(r.top1, Some(top1_of_f(&mnist().images[*idx])), "{id}");
+        }
+    }
+}
+
+/// Every kind of hostile record a client can send, salted between valid queries: each is
+/// a dead letter of the encoder with its reason and bytes, and every valid query is
+/// answered. The 3e38 pixels once crash-looped the encoder (their sum is infinite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_records_salted_into_a_live_stream_are_dead_letters_and_the_rest_is_answered() {
+    let mut p = Pipeline::start("salted", 2, 1, |_| {}).await;
+    let pixels = |v: f32| WireTensor { shape: vec![1, 28, 28], data: std::iter::repeat_n(v, 784).flat_map(|f| f.to_le_bytes()).collect() };
+    let q = |id: String, tensor: WireTensor, deadline_ms: Option<i64>| avro::encode(&Query { id, tensor, deadline_ms, sent_at_ms: 0 }).unwrap();
+    let bad: Vec<(String, Vec<u8>, &str)> = vec![
+        ("huge-a".into(), q("huge-a".into(), pixels(3.0e38), None), "input range"),
+        ("huge-b".into(), q("huge-b".into(), pixels(3.0e38), None), "input range"),
+        ("negative".into(), q("negative".into(), pixels(-0.5), None), "input range"),
+        ("long-id".into(), q("x".repeat(200_000), pixels(0.5), None), "limited to"),
+        ("past".into(), q("past".into(), pixels(0.5), Some(-5)), "at least 0"),
+        ("shape-overflow".into(), q("shape-overflow".into(), WireTensor { shape: vec![i64::MAX / 2, i64::MAX / 2, 4], data: vec![0; 16] }, None), "tensor"),
+    ];
+    let data = mnist();
+    let mut sent = HashMap::new();
+    for (i, (key, payload, _)) in bad.iter().enumerate() {
+        p.client.send_raw(key, payload).await.unwrap();
+        for j in 0..3 {
+            let n = i * 3 + j;
+            let id = format!("ok-{n}");
+            p.client.send(&id, &data.images[n], None).await.unwrap();
+            sent.insert(id, n);
+        }
+    }
+    // A deadline of 10^15 ms is clamped (to --max-deadline-ms): served, not refused.
+    p.client.send_raw("far", &q("far".into(), WireTensor::from_tensor(&data.images[99]), Some(1_000_000_000_000_000))).await.unwrap();
+    sent.insert("far".into(), 99);
+
+    let (results, duplicates) = p.results_for(&sent, Duration::from_secs(60)).await;
+    assert_eq!(duplicates, 0);
+    let far = &results["far"].result;
+    assert!(far.deadline_at_ms - far.received_at_ms <= 60_000, "the deadline was clamped: {far:?}");
+    let letters = p.dead_letters(bad.len(), Duration::from_secs(30)).await;
+    for (key, payload, reason) in &bad {
+        let d = letters.get(key).unwrap_or_else(|| panic!("no dead letter for {key}; got {:?}", letters.keys()));
+        assert!(d.reason.contains(reason), "{key}: reason '{}' should mention '{reason}'", d.reason);
+        assert_eq!(&d.payload, payload, "{key}: the dead letter keeps the original bytes");
+        assert_eq!(d.service, "encoder");
+    }
+    tokio::task::block_in_place(|| p.deployment.check_alive()).expect("no service died");
+}
+
+/// An encoder on the addition parity model with a parity worker serving the
+/// concatenation one: the parity worker refuses every parity query as a dead letter, so a
+/// stopped model worker's queries are never answered with a wrong RECONSTRUCTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parity_worker_on_another_parity_model_is_refused_not_served() {
+    let mut p = Pipeline::start("mismatch", 2, 1, |s| {
+        s.encoder_args.extend(["--parity-model".to_string(), "mnist-lenet-parity-add-k2".to_string()]);
+        s.parity_worker_args.extend(["--model".to_string(), "mnist-lenet-parity-concat-k2".to_string()]);
+    })
+    .await;
+    p.deployment.signal("model-worker-0", "STOP").unwrap();
+    let sent = p.send("m", 0..20, 20.0, Some(100)).await;
+    let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
+    p.deployment.signal("model-worker-0", "CONT").unwrap();
+    assert_eq!(count(&results, ResultSource::Reconstructed), 0, "nothing is reconstructed from a parity model of another code");
+    assert!(count(&results, ResultSource::Unavailable) > 0, "the stopped worker's queries were answered UNAVAILABLE");
+    let letters = p.dead_letters(1, Duration::from_secs(30)).await;
+    let d = letters.values().next().expect("a dead letter from the parity worker");
+    assert_eq!(d.service, "parity-worker");
+    assert!(d.reason.contains("same parity model"), "{}", d.reason);
+}
