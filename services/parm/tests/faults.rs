@@ -17,16 +17,19 @@ fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource
     results.values().filter(|r| r.result.source == source).count()
 }
 
-/// The broker is stopped for 10 s mid-stream and started again. Every service rides it
-/// out (none exits), and every query sent before, during and after the outage gets exactly
-/// one result, from the model or reconstructed, with the model's answer where it is MODEL.
+/// The broker is stopped for 10 s mid-stream (`PARM_TEST_OUTAGE_S` sets another length,
+/// e.g. 120) and started again. Every service rides it out (none exits), and every query
+/// sent before, during and after the outage gets exactly one result, from the model or
+/// reconstructed, with the model's answer where it is MODEL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_result() {
-    const OUTAGE: Duration = Duration::from_secs(10);
+    let outage = Duration::from_secs(std::env::var("PARM_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
     let broker = tokio::task::block_in_place(|| OwnBroker::start(OWN_BROKER_PORT)).expect("starting a broker of this test's own");
     let mut p = Pipeline::start_on(&broker.bootstrap, "outage", 2, 1, |s| {
         // Queries in flight during the outage are answered after it, not UNAVAILABLE.
-        s.encoder_args.extend(["--hard-deadline-ms".to_string(), "60000".to_string()]);
+        let hard = (outage.as_millis() as u64 + 60_000).to_string();
+        s.encoder_args.extend(["--hard-deadline-ms".to_string(), hard.clone(), "--max-deadline-ms".to_string(), hard.clone()]);
+        s.decoder_args.extend(["--max-deadline-ms".to_string(), hard]);
     })
     .await;
     let before = p.send("before", 0..40, 40.0, None).await;
@@ -42,7 +45,7 @@ async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_re
         let (f, _) = p.client.enqueue(&id, &mnist().images[i], None).await.expect("queued while the broker is down");
         pending.push(f);
         during.insert(id, i);
-        tokio::time::sleep(OUTAGE / 30).await;
+        tokio::time::sleep(outage / 30).await;
     }
     tokio::task::block_in_place(|| broker.restart()).expect("starting the broker again");
     for f in pending {
