@@ -124,7 +124,7 @@ pub fn decode<T: AvroRecord>(bytes: &[u8]) -> anyhow::Result<T> {
         .reader
         .read_deser::<T>(&mut cursor)
         .map_err(|e| anyhow!("not a valid record of schemas/{}: {e}", T::SCHEMA_FILE))?;
-    let rest = bytes.len() - cursor.position() as usize;
+    let rest = bytes.len().saturating_sub(usize::try_from(cursor.position()).unwrap_or(usize::MAX));
     if rest != 0 {
         return Err(anyhow!(
             "not a record of schemas/{}: {rest} bytes left over after decoding (wrong schema?)",
