@@ -9,7 +9,7 @@
 //! so nothing already answered is replayed as new. Partitions that went to another
 //! instance are forgotten, and their new owner replays them from the committed offsets.
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -30,17 +30,21 @@ impl RebalanceCounter {
 /// The next offset to read of every partition this instance holds state for: where it
 /// resumes if a rebalance gives the partition back.
 #[derive(Debug, Clone, Default)]
-pub struct Positions(Arc<Mutex<HashMap<(String, i32), i64>>>);
+pub struct Positions(Arc<Mutex<HashMap<String, HashMap<i32, i64>>>>);
 
 impl Positions {
     /// Records that `offset` of a partition was read (and will be handled).
+    /// Called for every message, so it allocates only the first time a topic is seen.
     pub fn consumed(&self, topic: &str, partition: i32, offset: i64) {
-        if let Ok(mut map) = self.0.lock() {
-            match map.get_mut(&(topic.to_string(), partition)) {
-                Some(next) => *next = (*next).max(offset + 1),
-                None => {
-                    map.insert((topic.to_string(), partition), offset + 1);
-                }
+        let Ok(mut map) = self.0.lock() else { return };
+        let next = offset.saturating_add(1);
+        match map.get_mut(topic) {
+            Some(parts) => {
+                let at = parts.entry(partition).or_insert(next);
+                *at = (*at).max(next);
+            }
+            None => {
+                map.insert(topic.to_string(), HashMap::from([(partition, next)]));
             }
         }
     }
@@ -49,10 +53,17 @@ impl Positions {
     /// returns the `(topic, partition)`s forgotten.
     pub fn retain(&self, kept: &HashSet<(String, i32)>) -> Vec<(String, i32)> {
         let Ok(mut map) = self.0.lock() else { return Vec::new() };
-        let gone: Vec<_> = map.keys().filter(|k| !kept.contains(*k)).cloned().collect();
-        for k in &gone {
-            map.remove(k);
+        let mut gone = Vec::new();
+        for (topic, parts) in map.iter_mut() {
+            parts.retain(|p, _| {
+                let keep = kept.contains(&(topic.clone(), *p));
+                if !keep {
+                    gone.push((topic.clone(), *p));
+                }
+                keep
+            });
         }
+        gone.sort();
         gone
     }
 
@@ -62,7 +73,7 @@ impl Positions {
     }
 
     fn get(&self, topic: &str, partition: i32) -> Option<i64> {
-        self.0.lock().ok()?.get(&(topic.to_string(), partition)).copied()
+        self.0.lock().ok()?.get(topic)?.get(&partition).copied()
     }
 }
 
@@ -136,8 +147,6 @@ impl ConsumerContext for ParmContext {
             }
         }
     }
-
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {}
 }
 
 fn describe(tpl: &TopicPartitionList) -> Vec<String> {

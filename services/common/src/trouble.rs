@@ -10,7 +10,7 @@
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// What a service should do about a Kafka error.
@@ -75,18 +75,17 @@ pub fn ride_out(e: KafkaError, service: &str, doing: &str) -> anyhow::Result<()>
 /// How often one kind of transient error is logged.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
-static LIMITER: RateLimiter = RateLimiter { seen: Mutex::new(None) };
+static LIMITER: LazyLock<RateLimiter> = LazyLock::new(|| RateLimiter { seen: Mutex::new(HashMap::new()) });
 
 /// Per error kind: when it was last logged and how many went unlogged since.
 struct RateLimiter {
-    seen: Mutex<Option<HashMap<String, (Instant, u64)>>>,
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
 }
 
 impl RateLimiter {
     fn note(&self, service: &str, doing: &str, e: &KafkaError) {
         let kind = format!("{doing}: {e}");
-        let Ok(mut guard) = self.seen.lock() else { return };
-        let seen = guard.get_or_insert_with(HashMap::new);
+        let Ok(mut seen) = self.seen.lock() else { return };
         let now = Instant::now();
         match seen.get_mut(&kind) {
             Some((at, suppressed)) if now.duration_since(*at) < LOG_EVERY => *suppressed += 1,

@@ -146,6 +146,9 @@ impl Decoder {
         for p in dropped {
             self.join.forget_partition(p, &[GROUPS, PREDICTIONS, PARITY]);
         }
+        if r.resumed.len() == r.assigned.len() {
+            return; // everything resumes where it was: nothing to replay
+        }
         let started = Instant::now();
         let targets: HashMap<(String, i32), i64> =
             tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| !r.resumed.contains(k)).collect();

@@ -58,6 +58,8 @@ struct Worker {
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
     /// Partitions of the output topic: a record naming another decoder partition is refused.
     output_partitions: i32,
+    /// Parity role: the k and encoder of the parity model, which every parity query must match.
+    code: (Option<i32>, parm_core::ParityEncoder),
     /// Queries run and skipped (by reason).
     counts: Tally,
 }
@@ -92,6 +94,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     } else {
         None
     };
+    let code = parity_code(&model.manifest);
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -106,6 +109,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         skip_expired: !args.keep_expired,
         answered,
         output_partitions,
+        code,
         counts: Default::default(),
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
@@ -167,6 +171,13 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
 /// The input partitions assigned to this worker now.
 fn owned_partitions(consumer: &StreamConsumer<ParmContext>) -> Vec<i32> {
     consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+}
+
+/// The k and encoder of a parity model, as its manifest states them (addition when unstated,
+/// as the encoder reads it).
+fn parity_code(m: &parm_common::model::ModelManifest) -> (Option<i32>, parm_core::ParityEncoder) {
+    let encoder = m.encoder.as_deref().and_then(|e| e.parse().ok()).unwrap_or(parm_core::ParityEncoder::Addition);
+    (m.k.and_then(|k| i32::try_from(k).ok()), encoder)
 }
 
 /// Runs a batch; if the batch fails (or panics), each query alone, so that one bad query
@@ -281,7 +292,10 @@ impl Worker {
                     good.push(out);
                 }
                 Err(reason) => {
-                    let Some(msg) = batch.iter().find(|m| m.partition() == item.origin.partition && m.offset() == item.origin.offset) else { continue };
+                    let Some(msg) = batch.iter().find(|m| m.partition() == item.origin.partition && m.offset() == item.origin.offset) else {
+                        self.outbox.tracker.release(item.origin); // cannot happen: every item came from this batch
+                        continue;
+                    };
                     let letter = dead_letter::for_message(self.service(), msg, Some(item.key.clone()), reason);
                     let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
                     self.outbox.push(vec![item.origin], vec![(f, self.topics.dead_letters.clone())]);
@@ -377,9 +391,9 @@ impl Worker {
                 // A parity model decodes only parity queries of its own code: refuse, never
                 // serve, a query from an encoder configured for another one.
                 let m = &self.model.manifest;
-                let want_encoder = m.encoder.as_deref().and_then(|e| e.parse::<parm_core::ParityEncoder>().ok()).unwrap_or(parm_core::ParityEncoder::Addition);
+                let (want_k, want_encoder) = self.code;
                 let encoder_matches = q.encoder.parse::<parm_core::ParityEncoder>().is_ok_and(|e| e == want_encoder);
-                if m.k.and_then(|k| i32::try_from(k).ok()) != Some(q.k) || !encoder_matches {
+                if want_k != Some(q.k) || !encoder_matches {
                     return Err((None, format!(
                         "parity query of group {} was encoded with k = {} and encoder '{}', but this parity worker serves {} (k = {:?}, encoder {}); start the encoder and the parity workers with the same parity model",
                         q.group_id, q.k, q.encoder, m.name, m.k, want_encoder
