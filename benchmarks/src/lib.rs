@@ -9,6 +9,11 @@
 //! - [`scenario`]: scenario files of the latency benchmark and their runs.
 //! - [`latency`]: one run: a mode's topology as `parm` processes, contention, the load.
 //! - `src/bin/bench.rs`: the latency benchmark driver (results and summaries).
+//! - [`fault_scenario`], [`fault_run`], [`fault_report`] and `src/bin/faults.rs`: the fault
+//!   benchmark (a fault schedule against a live, salted stream; also the memory soak).
 
+pub mod fault_report;
+pub mod fault_run;
+pub mod fault_scenario;
 pub mod latency;
 pub mod scenario;

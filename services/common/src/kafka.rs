@@ -153,6 +153,14 @@ impl KafkaArgs {
     /// background. It reports rebalances through [`RebalanceCounter`], and resumes the
     /// partitions a rebalance gives back where [`Positions`] (`consumer.context()`) says.
     pub fn consumer(&self, group: &str) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
+        let counter = RebalanceCounter::default();
+        let consumer = self.consumer_sharing(group, counter.clone(), Positions::default())?;
+        Ok((consumer, counter))
+    }
+
+    /// A consumer like [`KafkaArgs::consumer`] that reports to `counter` and resumes at
+    /// `positions` (those of the consumer it replaces, see [`Rejoin`]).
+    fn consumer_sharing(&self, group: &str, counter: RebalanceCounter, positions: Positions) -> anyhow::Result<StreamConsumer<ParmContext>> {
         let mut c = self.base_config();
         c.set("group.id", group)
             .set("enable.auto.commit", "true")
@@ -175,11 +183,8 @@ impl KafkaArgs {
             c.set("group.instance.id", id);
         }
         self.apply_overrides(&mut c);
-        let counter = RebalanceCounter::default();
-        let consumer = c
-            .create_with_context(ParmContext { rebalances: counter.clone(), positions: Positions::default(), group: group.to_string() })
-            .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))?;
-        Ok((consumer, counter))
+        c.create_with_context(ParmContext { rebalances: counter, positions, group: group.to_string() })
+            .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
@@ -362,6 +367,59 @@ pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow
     })?;
     reader.assign(&from_end)?;
     Ok(reader)
+}
+
+/// Rejoins a consumer group after the broker fenced this static member.
+///
+/// With `--instance-id`, a broker restart can leave the group coordinator holding an old
+/// member id for this instance; librdkafka then reports `FENCED_INSTANCE_ID`, a fatal
+/// consumer error, although no other process has the id. A fresh consumer with the same
+/// instance id takes the membership back, as a restarted process would. It shares the old
+/// one's rebalance counter and positions, so the service sees a rebalance, resumes every
+/// partition it gets back where it left off and keeps its state: no replay, no duplicate.
+/// A second fencing within [`Rejoin::MIN_INTERVAL`] means another process really has the
+/// id, and ends the service.
+#[derive(Debug)]
+pub struct Rejoin {
+    group: String,
+    topics: Vec<String>,
+    last: Option<std::time::Instant>,
+}
+
+impl Rejoin {
+    pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+
+    pub fn new(group: &str, topics: &[&str]) -> Self {
+        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), last: None }
+    }
+
+    /// Replaces a fenced consumer with a fresh member of the same group and topics.
+    pub fn rejoin(&mut self, kafka: &KafkaArgs, old: StreamConsumer<ParmContext>, service: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
+        if self.last.is_some_and(|t| t.elapsed() < Self::MIN_INTERVAL) {
+            bail!(
+                "{service}: fenced twice within {:?}: another process joined group {} with the same --instance-id; give every instance its own id",
+                Self::MIN_INTERVAL,
+                self.group
+            );
+        }
+        self.last = Some(std::time::Instant::now());
+        tracing::warn!(%service, group = %self.group, "the broker fenced this static member (a stale member id after a broker restart); rejoining with a fresh consumer");
+        let (counter, positions) = (old.context().rebalances.clone(), old.context().positions.clone());
+        // Closing a fenced consumer talks to no coordinator; keep it off the async threads anyway.
+        tokio::task::block_in_place(|| drop(old));
+        let fresh = kafka.consumer_sharing(&self.group, counter, positions)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        fresh.subscribe(&topics).with_context(|| format!("subscribing again to {topics:?}"))?;
+        Ok(fresh)
+    }
+}
+
+/// Whether a consumer error means the broker fenced this static member (the error itself
+/// says so, or it is the generic fatal error and the client's fatal error is the fencing).
+pub fn fenced(consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
+    crate::trouble::is_fenced_instance(e)
+        || (matches!(e, KafkaError::MessageConsumptionFatal(_))
+            && consumer.client().fatal_error().is_some_and(|(code, _)| code == RDKafkaErrorCode::FencedInstanceId))
 }
 
 /// What a rebalance changed for a service, once it sees the new assignment.

@@ -63,6 +63,7 @@ pub const ALL: &[&str] = &[
     names::DECODER_LATENCY_SECONDS,
     names::DECODER_LATE,
     names::DECODER_LATE_AGREED,
+    names::DECODER_EVICTED,
     names::DECODER_AGREEMENT,
     names::DECODER_OPEN_GROUPS,
     names::DECODER_LAGGING_PARTITIONS,
@@ -101,6 +102,8 @@ pub mod names {
     pub const DECODER_LATENCY_SECONDS: &str = "parm_decoder_latency_seconds";
     pub const DECODER_LATE: &str = "parm_decoder_late_predictions_total";
     pub const DECODER_LATE_AGREED: &str = "parm_decoder_late_agreed_total";
+    /// groups settled early because the join held `--max-groups`
+    pub const DECODER_EVICTED: &str = "parm_decoder_evicted_groups_total";
     pub const DECODER_AGREEMENT: &str = "parm_decoder_reconstruction_agreement_ratio";
     pub const DECODER_OPEN_GROUPS: &str = "parm_decoder_open_groups";
     pub const DECODER_LAGGING_PARTITIONS: &str = "parm_decoder_lagging_partitions";

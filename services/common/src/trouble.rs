@@ -59,6 +59,13 @@ pub fn classify(e: &KafkaError) -> Severity {
     }
 }
 
+/// Whether the broker fenced this consumer's static membership (`--instance-id`): a
+/// service then rejoins with a fresh consumer (`kafka::Rejoin`) instead of stopping.
+pub fn is_fenced_instance(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::MessageConsumptionFatal(RDKafkaErrorCode::FencedInstanceId))
+        || e.rdkafka_error_code() == Some(RDKafkaErrorCode::FencedInstanceId)
+}
+
 /// Rides out a transient error (logged, at most once per kind every `LOG_EVERY`, with the
 /// number seen meanwhile) and turns a fatal one into the error that ends the service.
 pub fn ride_out(e: KafkaError, service: &str, doing: &str) -> anyhow::Result<()> {

@@ -15,7 +15,8 @@
 //! Memory is bounded: a group is dropped once every member is answered and every
 //! prediction is in, or at its last hard deadline plus `late_linger_ms`; predictions that
 //! arrive before their manifest wait at most until their own hard deadline plus that
-//! linger.
+//! linger. And the count is capped: past `max_groups`, the group due first is settled
+//! early ([`Event::Evicted`]).
 //!
 //! A group id names the group's first input offset. An encoder that crashed and replayed
 //! may close the same group with other members; a manifest that disagrees with the one
@@ -67,11 +68,15 @@ pub struct JoinConfig {
     pub lag_awareness: bool,
     /// How long after a group's last hard deadline late predictions are still compared.
     pub late_linger_ms: u64,
+    /// The most groups held at once (open, waiting for a manifest, or finished and
+    /// remembered). Past it, the group due first is settled at once, see
+    /// [`Event::Evicted`].
+    pub max_groups: usize,
 }
 
 impl Default for JoinConfig {
     fn default() -> Self {
-        Self { policy: Policy::Deadline, lag_awareness: true, late_linger_ms: 2_000 }
+        Self { policy: Policy::Deadline, lag_awareness: true, late_linger_ms: 2_000, max_groups: 1_000_000 }
     }
 }
 
@@ -156,6 +161,11 @@ pub enum Event<M = ()> {
     Lagging { model_partition: i32 },
     /// Inputs that no manifest claimed before they expired were dropped.
     Expired { group_id: String, inputs: usize },
+    /// The join held `max_groups` groups, so this one, the one due first, was settled
+    /// early: each unanswered member got what its hard deadline would have given it (a
+    /// reconstruction if possible, else `Unavailable`), and the group was forgotten. An
+    /// input of it that comes later is taken as a new group's.
+    Evicted { group_id: String },
 }
 
 #[derive(Debug)]
@@ -291,6 +301,7 @@ impl<M: Clone> Join<M> {
         }
         self.offsets.hold(origin);
         self.advance(&spec.group_id, now, false);
+        self.enforce_cap(&spec.group_id, now);
     }
 
     /// A real prediction arrived. It is answered at once if its query has no answer yet,
@@ -360,6 +371,7 @@ impl<M: Clone> Join<M> {
         entry.origins.push(origin);
         self.offsets.hold(origin);
         self.advance(group_id, now, false);
+        self.enforce_cap(group_id, now);
     }
 
     /// A group's parity prediction arrived; `members` is how many queries it encodes.
@@ -385,6 +397,36 @@ impl<M: Clone> Join<M> {
         entry.origins.push(origin);
         self.offsets.hold(origin);
         self.advance(group_id, now, false);
+        self.enforce_cap(group_id, now);
+    }
+
+    /// Settles groups, the ones due first, until at most `max_groups` are held; never
+    /// `keep`, the group that was just added to.
+    fn enforce_cap(&mut self, keep: &str, now: u64) {
+        while self.entries.len() > self.config.max_groups.max(1) {
+            let Some(id) = self.timers.iter().map(|(_, id)| id).find(|id| id.as_str() != keep).cloned() else { return };
+            self.settle(&id, now);
+        }
+    }
+
+    /// Answers every unanswered member of a group as its hard deadline would, and forgets it.
+    fn settle(&mut self, id: &str, now: u64) {
+        if let Some(Entry { state: State::Open(g), .. }) = self.entries.get_mut(id) {
+            for j in 0..g.members.len() {
+                if g.members[j].answered.is_some() {
+                    continue;
+                }
+                let (source, output) = match g.members[j].output.clone().map(|o| (Source::Model, o)).or_else(|| try_reconstruct(g, j).map(|o| (Source::Reconstructed, o))) {
+                    Some(answer) => answer,
+                    None => (Source::Unavailable, Vec::new()),
+                };
+                let spec = g.members[j].spec.clone();
+                g.members[j].answered = Some((source, top1(&output)));
+                self.events.push_back(Event::Result(Emission { group_id: id.to_string(), query_id: spec.query_id, index: spec.index, source, output, at: now, meta: spec.meta }));
+            }
+        }
+        self.events.push_back(Event::Evicted { group_id: id.to_string() });
+        self.remove(id);
     }
 
     /// Forgets every group of a decoder partition now owned by another instance (which

@@ -26,6 +26,11 @@ pub struct DecoderArgs {
     /// no record keeps a group in memory longer (match the encoder's --max-deadline-ms).
     #[arg(long, env = "PARM_MAX_DEADLINE_MS", default_value_t = 60_000)]
     pub max_deadline_ms: u64,
+    /// The most coding groups the join holds at once; past it, the group due first is
+    /// settled early (unanswered members reconstructed if possible, else UNAVAILABLE) and
+    /// counted in parm_decoder_evicted_groups_total. About 1 KiB per group (k = 2, MNIST).
+    #[arg(long, env = "PARM_MAX_GROUPS", default_value_t = 1_000_000)]
+    pub max_groups: usize,
     /// Consumer group of the decoders (default: PREFIX-decoder).
     #[arg(long, env = "PARM_DECODER_GROUP")]
     pub group: Option<String>,
@@ -37,6 +42,6 @@ impl DecoderArgs {
     }
 
     pub fn join_config(&self) -> JoinConfig {
-        JoinConfig { policy: self.policy, lag_awareness: !self.no_lag_awareness, late_linger_ms: self.late_linger_ms }
+        JoinConfig { policy: self.policy, lag_awareness: !self.no_lag_awareness, late_linger_ms: self.late_linger_ms, max_groups: self.max_groups }
     }
 }

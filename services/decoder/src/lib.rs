@@ -13,12 +13,14 @@
 //!
 //! ## Layout
 //! - [`config`]: the service's flags.
+//! - [`intake`]: the one total check of each input record kind (fuzzed).
 //! - [`links`]: the span contexts of each group's predictions, for trace links.
 //! - [`catch_up`]: when a (re)started decoder has replayed its backlog.
 //! - [`service`]: the consume–join–produce loop.
 
 pub mod catch_up;
 pub mod config;
+pub mod intake;
 pub mod links;
 pub mod service;
 

@@ -2,18 +2,19 @@
 
 use crate::catch_up::CatchUp;
 use crate::config::DecoderArgs;
+use crate::intake::{self, QueryMeta, Refusal};
 use crate::links::GroupLinks;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
 use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
 use parm_common::metrics::names;
 use parm_common::outbox::Outbox;
-use parm_common::records::{GroupManifest, ParityPrediction, Prediction, QueryResult, ResultSource};
+use parm_common::records::{QueryResult, ResultSource};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
 use parm_common::{avro, dead_letter, now_ms, trouble};
-use parm_core::join::{Arrival, Event, GroupSpec, MemberSpec};
+use parm_core::join::Event;
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, Source};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -31,14 +32,6 @@ const PARITY: u8 = 2;
 /// `Decoder::snapshots`.
 type Snapshot = (u64, Vec<(u8, i32, i64)>);
 
-/// What the decoder keeps about each query for its result.
-#[derive(Debug, Clone)]
-struct QueryMeta {
-    sent_at_ms: i64,
-    received_at_ms: i64,
-    deadline_at_ms: i64,
-    traceparent: Option<String>,
-}
 
 struct Decoder {
     args: DecoderArgs,
@@ -70,8 +63,10 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.groups, topics.predictions, topics.parity_predictions, counts
         );
     }
-    let (consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
+    let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
+    let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.groups, &topics.predictions, &topics.parity_predictions]);
+    let mut fenced = false;
     let mut d = Decoder {
         group: args.group_name(),
         producer: args.common.kafka.producer()?,
@@ -89,6 +84,9 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let mut generation = rebalances.get();
     let mut last_store = Instant::now();
     loop {
+        if std::mem::take(&mut fenced) {
+            consumer = rejoin.rejoin(&d.args.common.kafka, consumer, SERVICE)?;
+        }
         let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
         let wait = timer.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
         tokio::select! {
@@ -100,6 +98,10 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
+                    Err(e) if kafka::fenced(&consumer, &e) => {
+                        fenced = true;
+                        continue;
+                    }
                     Err(e) => {
                         trouble::ride_out(e, SERVICE, "reading groups and predictions")?;
                         continue;
@@ -191,70 +193,26 @@ impl Decoder {
         Ok(())
     }
 
-    fn on_manifest(&mut self, payload: &[u8], origin: Origin, now: u64) -> Result<(), (Option<String>, String)> {
-        let m: GroupManifest = avro::decode(payload).map_err(|e| (None, format!("undecodable group manifest: {e:#}")))?;
-        check_manifest(&m)?;
-        let clamp = |at: i64| self.clamp_deadline(at, now);
-        let spec = GroupSpec {
-            group_id: m.group_id,
-            members: m
-                .members
-                .into_iter()
-                .map(|g| MemberSpec {
-                    query_id: g.query_id,
-                    index: g.index.max(0) as u32,
-                    model_partition: g.model_partition,
-                    deadline_at: clamp(g.deadline_at_ms),
-                    hard_deadline_at: clamp(g.hard_deadline_at_ms),
-                    meta: QueryMeta {
-                        sent_at_ms: g.sent_at_ms,
-                        received_at_ms: g.received_at_ms,
-                        deadline_at_ms: g.deadline_at_ms,
-                        traceparent: g.traceparent,
-                    },
-                })
-                .collect(),
-            has_parity: m.has_parity,
-        };
+    fn on_manifest(&mut self, payload: &[u8], origin: Origin, now: u64) -> Result<(), Refusal> {
+        let spec = intake::manifest(payload, now, self.args.max_deadline_ms)?;
         self.join.on_manifest(spec, origin, now);
         Ok(())
     }
 
-    fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
-        let p: Prediction = avro::decode(payload).map_err(|e| (None, format!("undecodable prediction: {e:#}")))?;
-        check_output(&p.output).map_err(|r| (Some(p.query_id.clone()), r))?;
-        check_index(p.index, &p.group_id)?;
-        let hard = self.clamp_deadline(p.hard_deadline_at_ms, now);
-        self.links.add(&p.group_id, p.index, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
-        let arrival = Arrival {
-            query_id: p.query_id,
-            index: p.index.max(0) as u32,
-            model_partition: p.model_partition,
-            output: p.output,
-            deadline_at: self.clamp_deadline(p.deadline_at_ms, now),
-            hard_deadline_at: hard,
-            // Used when the prediction is answered before its manifest arrives: the
-            // result then joins the query's trace through the prediction's own span.
-            meta: QueryMeta {
-                sent_at_ms: p.sent_at_ms,
-                received_at_ms: p.received_at_ms,
-                deadline_at_ms: p.deadline_at_ms,
-                traceparent: telemetry::traceparent(cx),
-            },
-        };
-        self.join.on_prediction(&p.group_id, arrival, origin, now);
+    fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
+        let (group_id, mut arrival) = intake::prediction(payload, now, self.args.max_deadline_ms)?;
+        self.links.add(&group_id, arrival.index as i32, cx.span().span_context().clone(), arrival.hard_deadline_at + self.args.late_linger_ms);
+        // Used when the prediction is answered before its manifest arrives: the result
+        // then joins the query's trace through the prediction's own span.
+        arrival.meta.traceparent = telemetry::traceparent(cx);
+        self.join.on_prediction(&group_id, arrival, origin, now);
         Ok(())
     }
 
-    fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), (Option<String>, String)> {
-        let p: ParityPrediction = avro::decode(payload).map_err(|e| (None, format!("undecodable parity prediction: {e:#}")))?;
-        check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
-        if !(1..=MAX_K).contains(&p.members) {
-            return Err((None, format!("parity prediction of group {} encodes {} members, not 1..={MAX_K}", p.group_id, p.members)));
-        }
-        let hard = self.clamp_deadline(p.hard_deadline_at_ms, now);
-        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), hard + self.args.late_linger_ms);
-        self.join.on_parity(&p.group_id, p.members.max(0) as u32, p.output, hard, origin, now);
+    fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
+        let p = intake::parity(payload, now, self.args.max_deadline_ms)?;
+        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), p.hard_deadline_at + self.args.late_linger_ms);
+        self.join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now);
         Ok(())
     }
 
@@ -305,6 +263,10 @@ impl Decoder {
                 Event::Expired { group_id, inputs } => {
                     tracing::debug!(%group_id, inputs, "predictions without a manifest expired");
                 }
+                Event::Evicted { group_id } => {
+                    metrics::counter!(names::DECODER_EVICTED).increment(1);
+                    tracing::debug!(%group_id, "the join is full (--max-groups): the group due first was settled early");
+                }
             }
         }
         if !sends.is_empty() {
@@ -327,52 +289,6 @@ impl Decoder {
         let offsets: Vec<_> = offsets.into_iter().map(|(t, p, o)| (names[t as usize].clone(), p, o)).collect();
         store_offsets(consumer, &offsets);
     }
-}
-
-impl Decoder {
-    /// A deadline from the wire as a time the join can hold: never before 0, never more
-    /// than `--max-deadline-ms` from now, so no record keeps state longer than that.
-    fn clamp_deadline(&self, at_ms: i64, now: u64) -> u64 {
-        u64::try_from(at_ms).unwrap_or(0).min(now.saturating_add(self.args.max_deadline_ms))
-    }
-}
-
-/// The largest k parm serves.
-const MAX_K: i32 = 8;
-
-/// Refuses a manifest the join could not hold a group for.
-fn check_manifest(m: &GroupManifest) -> Result<(), (Option<String>, String)> {
-    let refuse = |why: String| Err((None, format!("group manifest {}: {why}", m.group_id)));
-    if m.members.is_empty() {
-        return refuse("it has no members".into());
-    }
-    if !(1..=MAX_K).contains(&m.k) || m.members.len() > m.k as usize {
-        return refuse(format!("{} members with k = {}; k must be 1..={MAX_K} and at least the member count", m.members.len(), m.k));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for g in &m.members {
-        if !(0..m.k).contains(&g.index) || !seen.insert(g.index) {
-            return refuse(format!("member index {} is out of range 0..{} or repeated", g.index, m.k));
-        }
-    }
-    Ok(())
-}
-
-fn check_index(index: i32, group_id: &str) -> Result<(), (Option<String>, String)> {
-    if !(0..MAX_K).contains(&index) {
-        return Err((None, format!("prediction of group {group_id} has member index {index}, not 0..{MAX_K}")));
-    }
-    Ok(())
-}
-
-fn check_output(output: &[f32]) -> Result<(), String> {
-    if output.is_empty() {
-        return Err("prediction output is empty".into());
-    }
-    if let Some((i, v)) = output.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-        return Err(format!("prediction output value {i} is {v}; only finite numbers are accepted"));
-    }
-    Ok(())
 }
 
 /// The end offsets to replay to, per assigned partition that has anything left to read.

@@ -73,8 +73,10 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let parity_partitions = partition_count(&args.common.kafka, &topics.parity_queries).await?;
     let decoder_partitions = partition_count(&args.common.kafka, &topics.groups).await?;
     let producer = args.common.kafka.producer()?;
-    let (consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
+    let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.queries])?;
+    let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.queries]);
+    let mut fenced = false;
     let health_reader = if args.route_by_health {
         let reader = kafka::tail_reader(&args.common.kafka, &topics.health, "health")
             .await
@@ -104,6 +106,9 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let mut generation = rebalances.get();
     let mut last_store = std::time::Instant::now();
     loop {
+        if std::mem::take(&mut fenced) {
+            consumer = rejoin.rejoin(&enc.args.common.kafka, consumer, SERVICE)?;
+        }
         let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -121,6 +126,10 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
+                    Err(e) if kafka::fenced(&consumer, &e) => {
+                        fenced = true;
+                        continue;
+                    }
                     Err(e) => {
                         trouble::ride_out(e, SERVICE, "reading queries")?;
                         continue;

@@ -47,6 +47,96 @@ impl Drop for OwnBroker {
     }
 }
 
+/// A KRaft cluster of several nodes on loopback (each a broker and a controller, from the
+/// same jars as `scripts/kafka-local`), topics replicated to every node with
+/// `min.insync.replicas` 2: one node can be lost without losing a write. Node `i` (1-based)
+/// listens on `base_port + 10 (i - 1)`, its controller one port above. Dropping it stops
+/// every node.
+pub struct Cluster {
+    nodes: Vec<Vec<(&'static str, String)>>,
+    pub bootstrap: String,
+}
+
+impl Cluster {
+    /// Wipes the nodes' data (a fresh cluster id) and starts them together; returns once
+    /// each serves clients.
+    pub fn start(base_port: u16, nodes: usize) -> anyhow::Result<Self> {
+        let port = |i: usize| base_port + 10 * i as u16;
+        let voters: Vec<String> = (0..nodes).map(|i| format!("{}@127.0.0.1:{}", i + 1, port(i) + 1)).collect();
+        let cluster_id = cluster_id();
+        let nodes: Vec<Vec<(&'static str, String)>> = (0..nodes)
+            .map(|i| {
+                vec![
+                    ("PARM_KAFKA_PORT", port(i).to_string()),
+                    ("PARM_KAFKA_CONTROLLER_PORT", (port(i) + 1).to_string()),
+                    ("PARM_KAFKA_NODE_ID", (i + 1).to_string()),
+                    ("PARM_KAFKA_VOTERS", voters.join(",")),
+                    ("PARM_KAFKA_CLUSTER_ID", cluster_id.clone()),
+                    ("PARM_KAFKA_REPLICAS", nodes.min(3).to_string()),
+                    ("PARM_KAFKA_HEAP", "384m".to_string()),
+                ]
+            })
+            .collect();
+        for env in &nodes {
+            kafka_local(env, "reset")?;
+        }
+        let c = Self { bootstrap: (0..nodes.len()).map(|i| format!("127.0.0.1:{}", port(i))).collect::<Vec<_>>().join(","), nodes };
+        c.start_all()?;
+        Ok(c)
+    }
+
+    /// Starts every node at once (a node serves only once a quorum of them runs); returns
+    /// once each serves clients.
+    pub fn start_all(&self) -> anyhow::Result<()> {
+        std::thread::scope(|s| {
+            let started: Vec<_> = self.nodes.iter().map(|env| s.spawn(move || kafka_local(env, "start"))).collect();
+            started.into_iter().try_for_each(|h| h.join().map_err(|_| anyhow::anyhow!("a node's start panicked"))?.map(|_| ()))
+        })
+    }
+
+    /// Stops every node (a controlled shutdown each).
+    pub fn stop_all(&self) -> anyhow::Result<()> {
+        self.nodes.iter().try_for_each(|env| kafka_local(env, "stop").map(|_| ()))
+    }
+
+    /// SIGKILLs node `id` (1-based): a crash, no controlled shutdown.
+    pub fn kill_node(&self, id: i32) -> anyhow::Result<()> {
+        kafka_local(self.node(id)?, "kill").map(|_| ())
+    }
+
+    /// Starts node `id` again; returns once it serves clients.
+    pub fn start_node(&self, id: i32) -> anyhow::Result<()> {
+        kafka_local(self.node(id)?, "start").map(|_| ())
+    }
+
+    fn node(&self, id: i32) -> anyhow::Result<&[(&'static str, String)]> {
+        usize::try_from(id - 1).ok().and_then(|i| self.nodes.get(i)).map(Vec::as_slice).with_context(|| format!("no node {id} in this cluster"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for env in &self.nodes {
+            let _ = kafka_local(env, "stop");
+        }
+    }
+}
+
+/// A fresh Kafka cluster id: 16 random bytes as unpadded base64url.
+fn cluster_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = rand::random::<[u8; 16]>();
+    let mut id = String::with_capacity(22);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        // Unpadded: a chunk of m bytes gives m + 1 characters.
+        for j in 0..=chunk.len() {
+            id.push(char::from(ALPHABET[((n >> (18 - 6 * j)) & 63) as usize]));
+        }
+    }
+    id
+}
+
 /// Runs `scripts/kafka-local COMMAND` with `env`; returns the last line it printed.
 fn kafka_local(env: &[(&str, String)], command: &str) -> anyhow::Result<String> {
     let script = kafka_local_script();
@@ -70,7 +160,7 @@ fn kafka_local(env: &[(&str, String)], command: &str) -> anyhow::Result<String> 
         .rev()
         .find(|l| !l.trim().is_empty())
         .map(|l| l.trim().to_string())
-        .or_else(|| (command == "stop").then(String::new))
+        .or_else(|| (command != "start").then(String::new))
         .context("scripts/kafka-local start printed no bootstrap address")
 }
 

@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use opentelemetry::Context;
 use parm_common::avro;
 use parm_common::kafka::{self, KafkaArgs, ParmContext, Topics};
-use parm_common::records::{Query, QueryResult, WireTensor};
+use parm_common::records::{DeadLetter, Query, QueryResult, WireTensor};
 use parm_common::telemetry;
 use parm_common::now_ms;
 use parm_core::Tensor;
@@ -67,9 +67,14 @@ impl Client {
 
     /// Sends arbitrary bytes as a query (for bad-input tests and tools).
     pub async fn send_raw(&self, key: &str, payload: &[u8]) -> anyhow::Result<()> {
-        let f = kafka::send(&self.producer, &self.topics.queries, None, key, payload, OwnedHeaders::new()).await?;
+        let f = self.enqueue_raw(key, payload).await?;
         kafka::delivered(f, &self.topics.queries).await?;
         Ok(())
+    }
+
+    /// Hands arbitrary bytes to the producer as a query, without waiting for the broker.
+    pub async fn enqueue_raw(&self, key: &str, payload: &[u8]) -> anyhow::Result<DeliveryFuture> {
+        kafka::send(&self.producer, &self.topics.queries, None, key, payload, OwnedHeaders::new()).await
     }
 
     /// The next result, or `None` if none comes within `timeout`.
@@ -79,7 +84,12 @@ impl Client {
             let left = until.saturating_duration_since(Instant::now());
             let Ok(msg) = tokio::time::timeout(left, self.results.recv()).await else { return Ok(None) };
             match msg {
-                Ok(m) => break m,
+                Ok(m) => {
+                    // A rebalance after an outage (the client's session expired) resumes
+                    // here, not from the start of the topic.
+                    kafka::consumed(&self.results, &m);
+                    break m;
+                }
                 // A broker outage: librdkafka reconnects by itself.
                 Err(e) => parm_common::trouble::ride_out(e, "client", "reading results")?,
             }
@@ -103,6 +113,28 @@ impl Client {
         }
         Ok(out)
     }
+}
+
+/// The dead letters of a deployment, read from the topic's start under a group of their
+/// own until `want` are in or `timeout` passes, keyed by the bad record's Kafka key (the
+/// last letter of a key wins).
+pub async fn dead_letters(kafka: &KafkaArgs, want: usize, timeout: Duration) -> anyhow::Result<HashMap<String, DeadLetter>> {
+    let (consumer, _) = kafka.consumer(&format!("{}-dead-letter-reader-{}", kafka.topic_prefix, now_ms()))?;
+    consumer.subscribe(&[&kafka.topics().dead_letters]).context("subscribing to the dead-letter topic")?;
+    let mut letters = HashMap::new();
+    let until = Instant::now() + timeout;
+    while letters.len() < want && Instant::now() < until {
+        match tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
+            Ok(Ok(m)) => {
+                kafka::consumed(&consumer, &m);
+                let d: DeadLetter = avro::decode(m.payload().unwrap_or_default()).context("a record on the dead-letter topic is no dead letter")?;
+                letters.insert(d.key.clone().unwrap_or_default(), d);
+            }
+            Ok(Err(e)) => parm_common::trouble::ride_out(e, "client", "reading dead letters")?,
+            Err(_) => {}
+        }
+    }
+    Ok(letters)
 }
 
 /// Microseconds since the epoch: the clock of the client's latency measurements.

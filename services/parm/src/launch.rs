@@ -93,9 +93,10 @@ impl Deployment {
         Ok(())
     }
 
-    /// Starts one more service process.
+    /// Starts one more service process. Each is a static group member
+    /// (`--instance-id PREFIX-NAME`), so a restart takes its partitions back at once.
     pub fn spawn(&mut self, name: &str, subcommand: &str, extra: &[String]) -> anyhow::Result<()> {
-        let mut args = vec![subcommand.to_string()];
+        let mut args = vec![subcommand.to_string(), "--instance-id".to_string(), format!("{}-{name}", self.spec.prefix)];
         args.extend(extra.iter().cloned());
         let child = self.command(name, &args)?.spawn().with_context(|| format!("starting {name}"))?;
         self.services.push(Service { name: name.to_string(), args, child });
@@ -150,6 +151,11 @@ impl Deployment {
         Ok(())
     }
 
+    /// The name and pid of every service process that is running now.
+    pub fn pids(&mut self) -> Vec<(String, u32)> {
+        self.services.iter_mut().filter_map(|s| s.child.try_wait().ok().flatten().is_none().then(|| (s.name.clone(), s.child.id()))).collect()
+    }
+
     /// Fails if any service has exited (with its log's tail).
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for s in &mut self.services {
@@ -188,7 +194,8 @@ impl Deployment {
         loop {
             self.check_alive()?;
             let groups = self.expected_groups();
-            let not_ready = groups_ready(&self.spec.brokers, &groups)?;
+            // A broker that just started may not answer group listings yet: not ready.
+            let not_ready = groups_ready(&self.spec.brokers, &groups).unwrap_or_else(|e| vec![format!("listing the groups failed: {e:#}")]);
             if not_ready.is_empty() {
                 return Ok(());
             }

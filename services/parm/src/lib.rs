@@ -10,11 +10,14 @@
 //! - [`launch`]: a deployment of every service as its own process, and its teardown.
 //! - [`client`]: producing queries on a schedule and collecting their results.
 //! - [`report`]: latency percentiles and result counts of a run.
+//! - [`hostile`]: one bad client record of every kind, for salting streams in tests and
+//!   benchmarks.
 //! - [`commands`]: the subcommands.
 
 pub mod broker;
 pub mod client;
 pub mod commands;
+pub mod hostile;
 pub mod launch;
 pub mod mnist;
 pub mod report;

@@ -15,6 +15,8 @@
 //! - [`answered`]: what the results topic says is answered, for skipping queued work.
 //! - [`config`]: flags, and the role (model or parity).
 //! - [`delay`]: seeded injected service time: a per-batch distribution and slow episodes.
+//! - [`intake`]: the one total check of every input record (fuzzed).
+//! - [`inference`]: a batch run that one bad query costs only itself.
 //! - [`health`]: timing of its own batches and reports of whether it is slow
 //!   (`--report-health`), for an encoder that routes coding groups around slow workers.
 //! - [`service`]: the consume–batch–infer–produce loop.
@@ -23,6 +25,8 @@ pub mod answered;
 pub mod config;
 pub mod delay;
 pub mod health;
+pub mod inference;
+pub mod intake;
 pub mod service;
 
 pub use config::{Role, WorkerArgs};

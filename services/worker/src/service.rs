@@ -5,12 +5,14 @@ use crate::answered::Answered;
 use crate::config::{Role, WorkerArgs};
 use crate::delay::DelayModel;
 use crate::health::HealthReporter;
+use crate::inference::run_guarded;
+use crate::intake::{self, Admitted, Expect, Refusal};
 use opentelemetry::{Context, KeyValue};
 use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
 use parm_common::metrics::{names, Tally};
 use parm_common::model::{resolve, Model};
 use parm_common::outbox::Outbox;
-use parm_common::records::{MemberQuery, ParityPrediction, ParityQuery, Prediction, QueryResult};
+use parm_common::records::{ParityPrediction, Prediction, QueryResult};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
@@ -24,20 +26,9 @@ use anyhow::Context as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One query of a batch, decoded and checked.
+/// One query of a batch, decoded and checked, with where it came from and its span.
 struct Item {
-    /// Query id (model role) or group id (parity role): the record key.
-    key: String,
-    group_id: String,
-    /// Member index (model role) or number of members encoded (parity role).
-    index: i32,
-    /// Timing of the query (model role), passed on so the decoder can answer at once.
-    sent_at_ms: i64,
-    received_at_ms: i64,
-    deadline_at_ms: i64,
-    tensor: Tensor,
-    decoder_partition: i32,
-    hard_deadline_at: i64,
+    q: Admitted,
     origin: Origin,
     cx: Context,
 }
@@ -56,10 +47,8 @@ struct Worker {
     skip_expired: bool,
     /// With `--skip-answered`: a reader of the results topic and what it has seen.
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
-    /// Partitions of the output topic: a record naming another decoder partition is refused.
-    output_partitions: i32,
-    /// Parity role: the k and encoder of the parity model, which every parity query must match.
-    code: (Option<i32>, parm_core::ParityEncoder),
+    /// What every input record must agree with (model, code, output partitions).
+    expect: Expect,
     /// Queries run and skipped (by reason).
     counts: Tally,
 }
@@ -82,8 +71,10 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     };
     let output_partitions = kafka::partition_count(&args.common.kafka, &output_topic).await?;
     let group = args.group_name(role);
-    let (consumer, rebalances) = args.common.kafka.consumer(&group)?;
+    let (mut consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
+    let mut rejoin = kafka::Rejoin::new(&group, &[&input_topic]);
+    let mut fenced = false;
     let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered").await?, Answered::new(60_000))) } else { None };
     let producer = args.common.kafka.producer()?;
     let health = if args.report_health {
@@ -94,7 +85,16 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     } else {
         None
     };
-    let code = parity_code(&model.manifest);
+    let (k, encoder) = parity_code(&model.manifest);
+    let expect = Expect {
+        role,
+        model: model.manifest.name.clone(),
+        input_shape: model.manifest.input_shape.clone(),
+        k,
+        encoder,
+        output_topic: output_topic.clone(),
+        output_partitions,
+    };
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -108,8 +108,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,
         answered,
-        output_partitions,
-        code,
+        expect,
         counts: Default::default(),
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
@@ -117,11 +116,15 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let max_wait = Duration::from_millis(args.max_wait_ms);
     let mut generation = rebalances.get();
     loop {
+        if std::mem::take(&mut fenced) {
+            consumer = rejoin.rejoin(&args.common.kafka, consumer, w.service())?;
+        }
         let first = tokio::select! {
             _ = shutdown.wait() => break,
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
             msg = consumer.recv() => match msg {
                 Ok(m) => m,
+                Err(e) if kafka::fenced(&consumer, &e) => { fenced = true; continue; }
                 Err(e) => { trouble::ride_out(e, w.service(), "reading queries")?; continue; }
             },
         };
@@ -143,6 +146,10 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
                     Ok(m) => {
                         kafka::consumed(&consumer, &m);
                         batch.push(m);
+                    }
+                    Err(e) if kafka::fenced(&consumer, &e) => {
+                        fenced = true;
+                        break;
                     }
                     Err(e) => trouble::ride_out(e, w.service(), "reading queries")?,
                 },
@@ -180,28 +187,6 @@ fn parity_code(m: &parm_common::model::ModelManifest) -> (Option<i32>, parm_core
     (m.k.and_then(|k| i32::try_from(k).ok()), encoder)
 }
 
-/// Runs a batch; if the batch fails (or panics), each query alone, so that one bad query
-/// costs only itself. Every output is checked to be finite numbers.
-fn run_guarded(model: &Model, tensors: &[Tensor]) -> Vec<Result<Vec<f32>, String>> {
-    let run = |batch: &[&Tensor]| -> Result<Vec<Vec<f32>>, String> {
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.infer(batch))) {
-            Ok(Ok(out)) if out.len() == batch.len() => Ok(out),
-            Ok(Ok(out)) => Err(format!("the model gave {} outputs for {} inputs", out.len(), batch.len())),
-            Ok(Err(e)) => Err(format!("the model could not run this query: {e:#}")),
-            Err(_) => Err("the model panicked on this query".into()),
-        }
-    };
-    let check = |out: Vec<f32>| match out.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(format!("model output value {i} is not a finite number; the input drives the model out of range")),
-        None => Ok(out),
-    };
-    let all: Vec<&Tensor> = tensors.iter().collect();
-    match run(&all) {
-        Ok(outs) => outs.into_iter().map(check).collect(),
-        Err(_) if tensors.len() > 1 => tensors.iter().map(|t| run(&[t]).and_then(|mut o| o.pop().ok_or_else(|| "no output".to_string())).and_then(check)).collect(),
-        Err(reason) => vec![Err(reason)],
-    }
-}
 
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
     let offsets: Vec<_> = w.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (w.input_topic.clone(), p, o)).collect();
@@ -224,8 +209,8 @@ impl Worker {
     fn already_answered(&self, item: &Item) -> bool {
         let Some((_, answered)) = &self.answered else { return false };
         match self.role {
-            Role::Model => answered.query(&item.key),
-            Role::Parity => answered.group(&item.group_id, item.index.max(0) as u32),
+            Role::Model => answered.query(&item.q.key),
+            Role::Parity => answered.group(&item.q.group_id, item.q.index.max(0) as u32),
         }
     }
 
@@ -235,7 +220,7 @@ impl Worker {
     fn skip_reason(&self, item: &Item, now: i64) -> Option<&'static str> {
         if self.already_answered(item) {
             Some("answered")
-        } else if self.skip_expired && item.hard_deadline_at < now {
+        } else if self.skip_expired && item.q.hard_deadline_at < now {
             Some("expired")
         } else {
             None
@@ -271,7 +256,7 @@ impl Worker {
         }
         let started = Instant::now();
         let model = self.model.clone();
-        let tensors: Vec<Tensor> = items.iter().map(|i| i.tensor.clone()).collect();
+        let tensors: Vec<Tensor> = items.iter().map(|i| i.q.tensor.clone()).collect();
         let links: Vec<_> = items.iter().filter_map(|i| telemetry::link_to(&i.cx)).collect();
         let infer_cx = telemetry::internal_span(
             "infer",
@@ -296,7 +281,7 @@ impl Worker {
                         self.outbox.tracker.release(item.origin); // cannot happen: every item came from this batch
                         continue;
                     };
-                    let letter = dead_letter::for_message(self.service(), msg, Some(item.key.clone()), reason);
+                    let letter = dead_letter::for_message(self.service(), msg, Some(item.q.key.clone()), reason);
                     let f = dead_letter::send(&self.producer, &self.topics.dead_letters, &letter).await?;
                     self.outbox.push(vec![item.origin], vec![(f, self.topics.dead_letters.clone())]);
                 }
@@ -322,33 +307,33 @@ impl Worker {
         for (item, output) in items.iter().zip(outputs) {
             let payload = match self.role {
                 Role::Model => avro::encode(&Prediction {
-                    query_id: item.key.clone(),
-                    group_id: item.group_id.clone(),
-                    index: item.index,
+                    query_id: item.q.key.clone(),
+                    group_id: item.q.group_id.clone(),
+                    index: item.q.index,
                     model_partition: item.origin.partition,
-                    sent_at_ms: item.sent_at_ms,
-                    received_at_ms: item.received_at_ms,
-                    deadline_at_ms: item.deadline_at_ms,
+                    sent_at_ms: item.q.sent_at_ms,
+                    received_at_ms: item.q.received_at_ms,
+                    deadline_at_ms: item.q.deadline_at_ms,
                     output,
                     worker: self.name.clone(),
                     batch_size: items.len() as i32,
                     inference_us,
                     finished_at_ms: finished,
-                    hard_deadline_at_ms: item.hard_deadline_at,
+                    hard_deadline_at_ms: item.q.hard_deadline_at,
                 })?,
                 Role::Parity => avro::encode(&ParityPrediction {
-                    group_id: item.group_id.clone(),
-                    members: item.index,
+                    group_id: item.q.group_id.clone(),
+                    members: item.q.index,
                     output,
                     worker: self.name.clone(),
                     batch_size: items.len() as i32,
                     inference_us,
                     finished_at_ms: finished,
-                    hard_deadline_at_ms: item.hard_deadline_at,
+                    hard_deadline_at_ms: item.q.hard_deadline_at,
                 })?,
             };
-            let cx = telemetry::send_span(self.service(), &self.output_topic, Some(item.decoder_partition), &item.key, &item.cx, vec![]);
-            let f = kafka::send(&self.producer, &self.output_topic, Some(item.decoder_partition), &item.group_id, &payload, telemetry::inject(&cx)).await?;
+            let cx = telemetry::send_span(self.service(), &self.output_topic, Some(item.q.decoder_partition), &item.q.key, &item.cx, vec![]);
+            let f = kafka::send(&self.producer, &self.output_topic, Some(item.q.decoder_partition), &item.q.group_id, &payload, telemetry::inject(&cx)).await?;
             sends.push((f, self.output_topic.clone()));
         }
         self.outbox.push(items.iter().map(|i| i.origin).collect(), sends);
@@ -362,68 +347,12 @@ impl Worker {
         }
     }
 
-    fn decode(&self, msg: &BorrowedMessage<'_>, origin: Origin) -> Result<Item, (Option<String>, String)> {
-        let payload = msg.payload().unwrap_or_default();
+    fn decode(&self, msg: &BorrowedMessage<'_>, origin: Origin) -> Result<Item, Refusal> {
         let key = msg.key().and_then(|k| std::str::from_utf8(k).ok());
         let parent = telemetry::extract(msg.headers());
         let consumed = Consumed { topic: msg.topic(), partition: msg.partition(), offset: msg.offset(), consumer_group: &self.group, key };
         let cx = telemetry::process_span(self.service(), &consumed, &parent, vec![]);
-        let item = match self.role {
-            Role::Model => {
-                let q: MemberQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable member query: {e:#}")))?;
-                let tensor = q.tensor.to_tensor().map_err(|e| (Some(q.query_id.clone()), format!("bad tensor: {e}")))?;
-                Item {
-                    key: q.query_id,
-                    group_id: q.group_id,
-                    index: q.index,
-                    sent_at_ms: q.sent_at_ms,
-                    received_at_ms: q.received_at_ms,
-                    deadline_at_ms: q.deadline_at_ms,
-                    tensor,
-                    decoder_partition: q.decoder_partition,
-                    hard_deadline_at: q.hard_deadline_at_ms,
-                    origin,
-                    cx,
-                }
-            }
-            Role::Parity => {
-                let q: ParityQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable parity query: {e:#}")))?;
-                // A parity model decodes only parity queries of its own code: refuse, never
-                // serve, a query from an encoder configured for another one.
-                let m = &self.model.manifest;
-                let (want_k, want_encoder) = self.code;
-                let encoder_matches = q.encoder.parse::<parm_core::ParityEncoder>().is_ok_and(|e| e == want_encoder);
-                if want_k != Some(q.k) || !encoder_matches {
-                    return Err((None, format!(
-                        "parity query of group {} was encoded with k = {} and encoder '{}', but this parity worker serves {} (k = {:?}, encoder {}); start the encoder and the parity workers with the same parity model",
-                        q.group_id, q.k, q.encoder, m.name, m.k, want_encoder
-                    )));
-                }
-                if !(1..=q.k).contains(&q.members) {
-                    return Err((None, format!("parity query of group {} encodes {} members, not 1..={}", q.group_id, q.members, q.k)));
-                }
-                let tensor = q.tensor.to_tensor().map_err(|e| (None, format!("bad parity tensor of group {}: {e}", q.group_id)))?;
-                Item {
-                    key: q.group_id.clone(),
-                    group_id: q.group_id,
-                    index: q.members,
-                    sent_at_ms: 0,
-                    received_at_ms: 0,
-                    deadline_at_ms: 0,
-                    tensor,
-                    decoder_partition: q.decoder_partition,
-                    hard_deadline_at: q.hard_deadline_at_ms,
-                    origin,
-                    cx,
-                }
-            }
-        };
-        if !(0..self.output_partitions).contains(&item.decoder_partition) {
-            return Err((Some(item.key.clone()), format!("decoder_partition {} is not a partition of {} (0..{})", item.decoder_partition, self.output_topic, self.output_partitions)));
-        }
-        item.tensor
-            .expect_shape(&self.model.manifest.input_shape)
-            .map_err(|e| (Some(item.key.clone()), format!("wrong tensor shape for model {}: {e}", self.model.manifest.name)))?;
-        Ok(item)
+        let q = intake::admit(&self.expect, msg.payload().unwrap_or_default())?;
+        Ok(Item { q, origin, cx })
     }
 }

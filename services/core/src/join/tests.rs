@@ -40,7 +40,7 @@ fn results(j: &mut Join) -> Vec<Emission> {
 }
 
 fn config(policy: Policy, lag: bool) -> JoinConfig {
-    JoinConfig { policy, lag_awareness: lag, late_linger_ms: 100 }
+    JoinConfig { policy, lag_awareness: lag, late_linger_ms: 100, max_groups: 1000 }
 }
 
 #[test]
@@ -269,7 +269,7 @@ proptest! {
 
     #[test]
     fn exactly_one_result_per_query_and_never_a_reconstruction_too_early(sc in scenario()) {
-        let mut j = Join::new(JoinConfig { policy: sc.policy, lag_awareness: false, late_linger_ms: 50 });
+        let mut j = Join::new(JoinConfig { policy: sc.policy, lag_awareness: false, late_linger_ms: 50, max_groups: 1000 });
         let hard = sc.deadline + sc.hard_extra;
         let s = spec(sc.k, sc.deadline, hard);
         let xs: Vec<f32> = (0..sc.k).map(|i| i as f32 + 1.5).collect();
@@ -452,7 +452,7 @@ proptest! {
     /// ever committable past what was read.
     #[test]
     fn hostile_inputs_never_panic_and_answers_stay_well_formed(ops in prop::collection::vec(op(), 1..40), policy in prop_oneof![Just(Policy::Eager), Just(Policy::Deadline)]) {
-        let mut j: Join = Join::new(JoinConfig { policy, lag_awareness: true, late_linger_ms: 100 });
+        let mut j: Join = Join::new(JoinConfig { policy, lag_awareness: true, late_linger_ms: 100, max_groups: 1000 });
         let mut now = 0u64;
         for (n, op) in ops.into_iter().enumerate() {
             let o = |topic: u8, partition: i32| Origin { topic, partition, offset: n as i64 };
@@ -482,4 +482,32 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn past_max_groups_the_group_due_first_is_settled_early_and_forgotten() {
+    let mut j = Join::new(JoinConfig { max_groups: 2, ..config(Policy::Deadline, true) });
+    for (n, hard) in [(0u64, 100u64), (1, 300), (2, 200)] {
+        let mut s = spec(2, hard / 2, hard);
+        s.group_id = format!("g{n}");
+        for m in &mut s.members {
+            m.query_id = format!("g{n}-q{}", m.index);
+        }
+        j.on_manifest(s, origin(0, n as i64), n);
+    }
+    // g0 came first and is due first: settled, both members UNAVAILABLE (no inputs yet).
+    let mut evicted = Vec::new();
+    let mut answered = Vec::new();
+    while let Some(e) = j.poll_event() {
+        match e {
+            Event::Evicted { group_id } => evicted.push(group_id),
+            Event::Result(r) => answered.push((r.query_id, r.source)),
+            _ => {}
+        }
+    }
+    assert_eq!(evicted, vec!["g0".to_string()]);
+    assert_eq!(answered, vec![("g0-q0".to_string(), Source::Unavailable), ("g0-q1".to_string(), Source::Unavailable)]);
+    assert_eq!(j.len(), 2);
+    // Its offset is released: nothing it held blocks commits.
+    assert_eq!(j.committable(), vec![(0, 0, 1)]);
 }

@@ -11,8 +11,6 @@ use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
 use parm_common::model::{resolve, Model};
 use parm_common::now_ms;
 use parm_common::records::DeadLetter;
-use rdkafka::consumer::Consumer;
-use rdkafka::Message;
 use parm_core::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -137,17 +135,7 @@ impl Pipeline {
 
     /// Reads dead letters until `n` distinct keys are in (or the timeout), by record key.
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> HashMap<String, DeadLetter> {
-        let (consumer, _) = self.kafka.consumer(&format!("{}-dlq-reader", self.kafka.topic_prefix)).unwrap();
-        consumer.subscribe(&[&self.kafka.topics().dead_letters]).unwrap();
-        let mut letters = HashMap::new();
-        let until = std::time::Instant::now() + timeout;
-        while letters.len() < n && std::time::Instant::now() < until {
-            if let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await {
-                let d: DeadLetter = parm_common::avro::decode(m.payload().unwrap_or_default()).expect("a dead letter");
-                letters.insert(d.key.clone().unwrap_or_default(), d);
-            }
-        }
-        letters
+        parm::client::dead_letters(&self.kafka, n, timeout).await.expect("reading the dead-letter topic")
     }
 }
 

@@ -1,0 +1,103 @@
+//! What a worker accepts from its input topic: one pure, total check of a member query (model
+//! role) or parity query (parity role), fuzzed in `tests/intake_fuzz.rs`. A refused record
+//! becomes a dead letter with the reason; nothing here can panic on any bytes.
+
+use crate::config::Role;
+use parm_common::avro;
+use parm_common::records::{MemberQuery, ParityQuery};
+use parm_core::{ParityEncoder, Tensor};
+
+/// What every record must agree with: the worker's model and its output topic.
+#[derive(Debug, Clone)]
+pub struct Expect {
+    pub role: Role,
+    /// The model's name, for messages.
+    pub model: String,
+    /// The model's input shape (one query).
+    pub input_shape: Vec<usize>,
+    /// Parity role: the parity model's k and encoder, which every parity query must match.
+    pub k: Option<i32>,
+    pub encoder: ParityEncoder,
+    /// The output topic and its partition count: a record naming another decoder
+    /// partition is refused.
+    pub output_topic: String,
+    pub output_partitions: i32,
+}
+
+/// A record that passed, with what the worker needs to run and answer it.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    /// Query id (model role) or group id (parity role): the record key.
+    pub key: String,
+    pub group_id: String,
+    /// Member index (model role) or number of members encoded (parity role).
+    pub index: i32,
+    /// Timing of the query (model role), passed on so the decoder can answer at once.
+    pub sent_at_ms: i64,
+    pub received_at_ms: i64,
+    pub deadline_at_ms: i64,
+    pub tensor: Tensor,
+    pub decoder_partition: i32,
+    pub hard_deadline_at: i64,
+}
+
+/// Why a record was refused: the query id if known, and the reason.
+pub type Refusal = (Option<String>, String);
+
+/// Decodes and checks one input record. Total: every input gives `Ok` or `Err`.
+pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
+    let item = match expect.role {
+        Role::Model => {
+            let q: MemberQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable member query: {e:#}")))?;
+            let tensor = q.tensor.to_tensor().map_err(|e| (Some(q.query_id.clone()), format!("bad tensor: {e}")))?;
+            Admitted {
+                key: q.query_id,
+                group_id: q.group_id,
+                index: q.index,
+                sent_at_ms: q.sent_at_ms,
+                received_at_ms: q.received_at_ms,
+                deadline_at_ms: q.deadline_at_ms,
+                tensor,
+                decoder_partition: q.decoder_partition,
+                hard_deadline_at: q.hard_deadline_at_ms,
+            }
+        }
+        Role::Parity => {
+            let q: ParityQuery = avro::decode(payload).map_err(|e| (None, format!("undecodable parity query: {e:#}")))?;
+            // A parity model decodes only parity queries of its own code: refuse, never
+            // serve, a query from an encoder configured for another one.
+            let encoder_matches = q.encoder.parse::<ParityEncoder>().is_ok_and(|e| e == expect.encoder);
+            if expect.k != Some(q.k) || !encoder_matches {
+                return Err((None, format!(
+                    "parity query of group {} was encoded with k = {} and encoder '{}', but this parity worker serves {} (k = {:?}, encoder {}); start the encoder and the parity workers with the same parity model",
+                    q.group_id, q.k, q.encoder, expect.model, expect.k, expect.encoder
+                )));
+            }
+            if !(1..=q.k).contains(&q.members) {
+                return Err((None, format!("parity query of group {} encodes {} members, not 1..={}", q.group_id, q.members, q.k)));
+            }
+            let tensor = q.tensor.to_tensor().map_err(|e| (None, format!("bad parity tensor of group {}: {e}", q.group_id)))?;
+            Admitted {
+                key: q.group_id.clone(),
+                group_id: q.group_id,
+                index: q.members,
+                sent_at_ms: 0,
+                received_at_ms: 0,
+                deadline_at_ms: 0,
+                tensor,
+                decoder_partition: q.decoder_partition,
+                hard_deadline_at: q.hard_deadline_at_ms,
+            }
+        }
+    };
+    if !(0..expect.output_partitions).contains(&item.decoder_partition) {
+        return Err((
+            Some(item.key.clone()),
+            format!("decoder_partition {} is not a partition of {} (0..{})", item.decoder_partition, expect.output_topic, expect.output_partitions),
+        ));
+    }
+    item.tensor
+        .expect_shape(&expect.input_shape)
+        .map_err(|e| (Some(item.key.clone()), format!("wrong tensor shape for model {}: {e}", expect.model)))?;
+    Ok(item)
+}
