@@ -216,7 +216,9 @@ enum State<M> {
     Waiting(Waiting),
     /// Finished early (everything answered and in); remembered until its last hard
     /// deadline plus the late linger so that a replayed duplicate is not answered again.
-    Done { until: u64 },
+    /// `answered`: the member indexes that got their answer; a replayed encoder that
+    /// regrouped may bring others, and those are new queries.
+    Done { until: u64, answered: Vec<u32> },
 }
 
 /// One group's place in the join: its state, the inputs it holds, its timer, and the
@@ -259,9 +261,26 @@ impl<M: Clone> Join<M> {
     /// A group's manifest arrived.
     pub fn on_manifest(&mut self, spec: GroupSpec<M>, origin: Origin, now: u64) {
         match self.entries.get_mut(&spec.group_id) {
-            Some(Entry { state: State::Done { .. }, .. }) => {
-                self.offsets.observe(origin);
+            Some(Entry { state: State::Done { answered, .. }, .. }) if spec.members.iter().all(|m| answered.contains(&m.index)) => {
+                self.offsets.observe(origin); // a replayed duplicate
                 return;
+            }
+            Some(entry @ Entry { state: State::Done { .. }, .. }) => {
+                // A replayed encoder closed this group again with members it did not have
+                // (a partial group the crash cut short): those are queries of their own.
+                // The group reopens, conflicted (never reconstructed), with the members
+                // answered before marked so.
+                let answered = match &entry.state {
+                    State::Done { answered, .. } => answered.clone(),
+                    _ => Vec::new(),
+                };
+                let mut g = new_group(&spec);
+                g.conflicted = true;
+                for m in g.members.iter_mut().filter(|m| answered.contains(&m.spec.index)) {
+                    m.answered = Some((Source::Model, None));
+                }
+                entry.state = State::Open(g);
+                entry.origins.push(origin);
             }
             Some(Entry { state: State::Open(g), origins, .. }) => {
                 let known: HashSet<u32> = g.members.iter().map(|m| m.spec.index).collect();
@@ -316,8 +335,26 @@ impl<M: Clone> Join<M> {
             self.lagging.remove(&p.model_partition);
         }
         match &mut entry.state {
-            State::Done { .. } => {
+            State::Done { answered, .. } if answered.contains(&p.index) => {
                 self.offsets.observe(origin); // a replayed duplicate of a finished group
+                return;
+            }
+            State::Done { answered, .. } => {
+                // A member the finished group did not have (see on_manifest): answered on
+                // its own, as before a manifest; a straggling manifest then finds it done.
+                if now < p.hard_deadline_at {
+                    answered.push(p.index);
+                    self.events.push_back(Event::Result(Emission {
+                        group_id: group_id.to_string(),
+                        query_id: p.query_id,
+                        index: p.index,
+                        source: Source::Model,
+                        output: p.output,
+                        at: now,
+                        meta: p.meta,
+                    }));
+                }
+                self.offsets.observe(origin);
                 return;
             }
             State::Waiting(w) if now >= p.hard_deadline_at => {
@@ -532,7 +569,7 @@ impl<M: Clone> Join<M> {
                     },
                 }
             }
-            State::Done { until } if now < *until => Next::Wake(*until),
+            State::Done { until, .. } if now < *until => Next::Wake(*until),
             State::Done { .. } => Next::Drop,
         };
         match next {
@@ -579,7 +616,12 @@ impl<M: Clone> Join<M> {
     /// replayed duplicate is not answered again.
     fn finish(&mut self, id: &str, until: u64) {
         if let Some(entry) = self.entries.get_mut(id) {
-            entry.state = State::Done { until };
+            let answered = match &entry.state {
+                State::Open(g) => g.members.iter().filter(|m| m.answered.is_some()).map(|m| m.spec.index).collect(),
+                State::Waiting(w) => w.answered.clone(),
+                State::Done { answered, .. } => answered.clone(),
+            };
+            entry.state = State::Done { until, answered };
             for o in entry.origins.drain(..) {
                 self.offsets.release(o);
             }

@@ -14,7 +14,9 @@
 //! - [`join`]: the decoder's per-group state machine: policies, deadlines, lag awareness,
 //!   exactly one result per query, late-arrival agreement, bounded memory.
 //! - [`offsets`]: which input offsets are safe to commit while groups are still open.
+//! - [`clock`]: the skew between the encoder's clock and this host's, from record stamps.
 
+pub mod clock;
 pub mod decode;
 pub mod encode;
 pub mod grouping;

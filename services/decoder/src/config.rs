@@ -26,6 +26,12 @@ pub struct DecoderArgs {
     /// no record keeps a group in memory longer (match the encoder's --max-deadline-ms).
     #[arg(long, env = "PARM_MAX_DEADLINE_MS", default_value_t = 60_000)]
     pub max_deadline_ms: u64,
+    /// The largest clock skew between the encoder's host and this one that the decoder
+    /// corrects for (ms). Deadlines are stamped on the encoder's clock; the decoder learns
+    /// the skew from the manifests' stamps (the least `now − created_at` over a minute) and
+    /// compares deadlines on its own clock without it.
+    #[arg(long, env = "PARM_MAX_CLOCK_SKEW_MS", default_value_t = 1500)]
+    pub max_clock_skew_ms: u64,
     /// The most coding groups the join holds at once; past it, the group due first is
     /// settled early (unanswered members reconstructed if possible, else UNAVAILABLE) and
     /// counted in parm_decoder_evicted_groups_total. About 1 KiB per group (k = 2, MNIST).

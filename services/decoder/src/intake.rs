@@ -1,10 +1,13 @@
 //! What the decoder accepts from its three input topics: one pure, total check per record
 //! kind (group manifest, prediction, parity prediction) that turns it into the join's
-//! input, with every deadline clamped to at most `max_deadline_ms` from now. Fuzzed, with
+//! input, with every deadline moved onto this host's clock (the encoder stamped it on its
+//! own: [`ClockSkew`], learned from the manifests' `created_at_ms`) and clamped to at most
+//! `max_deadline_ms` from now. Fuzzed, with
 //! the join behind it, in `tests/intake_fuzz.rs`; nothing here can panic on any bytes.
 
 use parm_common::avro;
 use parm_common::records::{GroupManifest, ParityPrediction, Prediction};
+use parm_core::clock::ClockSkew;
 use parm_core::join::{Arrival, GroupSpec, MemberSpec};
 
 /// The largest k parm serves.
@@ -31,18 +34,21 @@ pub struct ParityIn {
     pub hard_deadline_at: u64,
 }
 
-/// A deadline from a record as the join takes it: negative ones are long past, and none
-/// lies more than `max_deadline_ms` after `now`.
-pub fn clamp_deadline(at_ms: i64, now: u64, max_deadline_ms: u64) -> u64 {
-    u64::try_from(at_ms).unwrap_or(0).min(now.saturating_add(max_deadline_ms))
+/// A deadline from a record as the join takes it: on this clock, negative ones long past,
+/// and none more than `max_deadline_ms` after `now`.
+pub fn clamp_deadline(at_ms: i64, skew: &ClockSkew, now: u64, max_deadline_ms: u64) -> u64 {
+    u64::try_from(skew.to_local(at_ms)).unwrap_or(0).min(now.saturating_add(max_deadline_ms))
 }
 
 /// A group manifest: at least one member, k in 1..=MAX_K and at least the member count,
 /// member indexes unique and below k.
-pub fn manifest(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<GroupSpec<QueryMeta>, Refusal> {
+/// Its `created_at_ms` (the encoder's clock when it closed the group) teaches `skew`.
+pub fn manifest(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &mut ClockSkew) -> Result<GroupSpec<QueryMeta>, Refusal> {
     let m: GroupManifest = avro::decode(payload).map_err(|e| (None, format!("undecodable group manifest: {e:#}")))?;
     check_manifest(&m)?;
-    let clamp = |at: i64| clamp_deadline(at, now, max_deadline_ms);
+    skew.observe(m.created_at_ms, now);
+    let skew = &*skew;
+    let clamp = |at: i64| clamp_deadline(at, skew, now, max_deadline_ms);
     Ok(GroupSpec {
         group_id: m.group_id,
         members: m
@@ -64,7 +70,7 @@ pub fn manifest(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<GroupS
 /// A real prediction: a member index below MAX_K and a non-empty, finite output. Returns its
 /// group id and the join's arrival (its meta has no traceparent yet: the service adds its
 /// own span's).
-pub fn prediction(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<(String, Arrival<QueryMeta>), Refusal> {
+pub fn prediction(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &ClockSkew) -> Result<(String, Arrival<QueryMeta>), Refusal> {
     let p: Prediction = avro::decode(payload).map_err(|e| (None, format!("undecodable prediction: {e:#}")))?;
     check_output(&p.output).map_err(|r| (Some(p.query_id.clone()), r))?;
     if !(0..MAX_K).contains(&p.index) {
@@ -75,15 +81,15 @@ pub fn prediction(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<(Str
         index: p.index.max(0) as u32,
         model_partition: p.model_partition,
         output: p.output,
-        deadline_at: clamp_deadline(p.deadline_at_ms, now, max_deadline_ms),
-        hard_deadline_at: clamp_deadline(p.hard_deadline_at_ms, now, max_deadline_ms),
+        deadline_at: clamp_deadline(p.deadline_at_ms, skew, now, max_deadline_ms),
+        hard_deadline_at: clamp_deadline(p.hard_deadline_at_ms, skew, now, max_deadline_ms),
         meta: QueryMeta { sent_at_ms: p.sent_at_ms, received_at_ms: p.received_at_ms, deadline_at_ms: p.deadline_at_ms, traceparent: None },
     };
     Ok((p.group_id, arrival))
 }
 
 /// A parity prediction: 1..=MAX_K members and a non-empty, finite output.
-pub fn parity(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<ParityIn, Refusal> {
+pub fn parity(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &ClockSkew) -> Result<ParityIn, Refusal> {
     let p: ParityPrediction = avro::decode(payload).map_err(|e| (None, format!("undecodable parity prediction: {e:#}")))?;
     check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
     if !(1..=MAX_K).contains(&p.members) {
@@ -93,7 +99,7 @@ pub fn parity(payload: &[u8], now: u64, max_deadline_ms: u64) -> Result<ParityIn
         group_id: p.group_id,
         members: p.members.max(0) as u32,
         output: p.output,
-        hard_deadline_at: clamp_deadline(p.hard_deadline_at_ms, now, max_deadline_ms),
+        hard_deadline_at: clamp_deadline(p.hard_deadline_at_ms, skew, now, max_deadline_ms),
     })
 }
 

@@ -14,6 +14,7 @@ use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
 use parm_common::{avro, dead_letter, now_ms, trouble};
+use parm_core::clock::ClockSkew;
 use parm_core::join::Event;
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, Source};
@@ -24,6 +25,8 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 const SERVICE: &str = "decoder";
+/// How long a manifest's stamp counts for the clock-skew estimate.
+const SKEW_WINDOW_MS: u64 = 60_000;
 const GROUPS: u8 = 0;
 const PREDICTIONS: u8 = 1;
 const PARITY: u8 = 2;
@@ -47,6 +50,8 @@ struct Decoder {
     catch_up: Option<CatchUp>,
     late: u64,
     late_agreed: u64,
+    /// How far this clock is from the encoder's, for its deadlines.
+    skew: ClockSkew,
 }
 
 /// Runs the decoder until `shutdown` fires or a write fails.
@@ -63,6 +68,7 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.groups, topics.predictions, topics.parity_predictions, counts
         );
     }
+    let args_skew = args.max_clock_skew_ms;
     let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.groups, &topics.predictions, &topics.parity_predictions]);
@@ -79,6 +85,7 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         catch_up: None,
         late: 0,
         late_agreed: 0,
+        skew: ClockSkew::new(SKEW_WINDOW_MS, args_skew),
     };
     tracing::info!(policy = %d.args.policy, lag_awareness = !d.args.no_lag_awareness, "decoder started");
     let mut generation = rebalances.get();
@@ -194,13 +201,13 @@ impl Decoder {
     }
 
     fn on_manifest(&mut self, payload: &[u8], origin: Origin, now: u64) -> Result<(), Refusal> {
-        let spec = intake::manifest(payload, now, self.args.max_deadline_ms)?;
+        let spec = intake::manifest(payload, now, self.args.max_deadline_ms, &mut self.skew)?;
         self.join.on_manifest(spec, origin, now);
         Ok(())
     }
 
     fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
-        let (group_id, mut arrival) = intake::prediction(payload, now, self.args.max_deadline_ms)?;
+        let (group_id, mut arrival) = intake::prediction(payload, now, self.args.max_deadline_ms, &self.skew)?;
         self.links.add(&group_id, arrival.index as i32, cx.span().span_context().clone(), arrival.hard_deadline_at + self.args.late_linger_ms);
         // Used when the prediction is answered before its manifest arrives: the result
         // then joins the query's trace through the prediction's own span.
@@ -210,7 +217,7 @@ impl Decoder {
     }
 
     fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
-        let p = intake::parity(payload, now, self.args.max_deadline_ms)?;
+        let p = intake::parity(payload, now, self.args.max_deadline_ms, &self.skew)?;
         self.links.add(&p.group_id, -1, cx.span().span_context().clone(), p.hard_deadline_at + self.args.late_linger_ms);
         self.join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now);
         Ok(())

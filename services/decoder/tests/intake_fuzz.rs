@@ -7,6 +7,7 @@
 
 use parm_common::avro;
 use parm_common::records::{GroupManifest, GroupMember, ParityPrediction, Prediction};
+use parm_core::clock::ClockSkew;
 use parm_core::join::Event;
 use parm_core::offsets::Origin;
 use parm_core::{Join, JoinConfig, Policy};
@@ -95,6 +96,7 @@ fn encode(r: &Record) -> (u8, Vec<u8>) {
 fn feed(records: &[(u8, Vec<u8>)], policy: Policy) -> (Join<QueryMeta>, Vec<(String, String)>) {
     let mut join: Join<QueryMeta> = Join::new(JoinConfig { policy, lag_awareness: true, late_linger_ms: 100, max_groups: 3 });
     let mut answered = Vec::new();
+    let mut skew = ClockSkew::new(60_000, 1_500);
     let mut drain = |j: &mut Join<QueryMeta>, answered: &mut Vec<(String, String)>| {
         while let Some(e) = j.poll_event() {
             if let Event::Result(r) = e {
@@ -106,15 +108,15 @@ fn feed(records: &[(u8, Vec<u8>)], policy: Policy) -> (Join<QueryMeta>, Vec<(Str
         let origin = Origin { topic: *topic, partition: 0, offset: offset as i64 };
         let now = NOW + offset as u64;
         let taken = match topic {
-            0 => intake::manifest(bytes, now, MAX_DEADLINE_MS).map(|spec| {
+            0 => intake::manifest(bytes, now, MAX_DEADLINE_MS, &mut skew).map(|spec| {
                 assert!(spec.members.iter().all(|m| m.hard_deadline_at <= now + MAX_DEADLINE_MS && m.deadline_at <= now + MAX_DEADLINE_MS));
                 join.on_manifest(spec, origin, now)
             }),
-            1 => intake::prediction(bytes, now, MAX_DEADLINE_MS).map(|(g, a)| {
+            1 => intake::prediction(bytes, now, MAX_DEADLINE_MS, &skew).map(|(g, a)| {
                 assert!(a.hard_deadline_at <= now + MAX_DEADLINE_MS);
                 join.on_prediction(&g, a, origin, now)
             }),
-            _ => intake::parity(bytes, now, MAX_DEADLINE_MS).map(|p| {
+            _ => intake::parity(bytes, now, MAX_DEADLINE_MS, &skew).map(|p| {
                 assert!(p.hard_deadline_at <= now + MAX_DEADLINE_MS);
                 join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now)
             }),

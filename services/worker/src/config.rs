@@ -39,6 +39,11 @@ pub struct WorkerArgs {
     /// Also run queries whose hard deadline has passed (by default they are skipped).
     #[arg(long, env = "PARM_KEEP_EXPIRED")]
     pub keep_expired: bool,
+    /// The clock skew (ms) between the encoder's host and this one that is allowed for:
+    /// a query counts as past its hard deadline (stamped on the encoder's clock) only this
+    /// long after it, so a clock ahead by up to this much never skips work still awaited.
+    #[arg(long, env = "PARM_MAX_CLOCK_SKEW_MS", default_value_t = 1500)]
+    pub max_clock_skew_ms: u64,
     /// Skip work nobody waits for: a member query already answered (e.g. reconstructed)
     /// and a parity query whose members are all answered, as read from PREFIX.results
     /// (the paper's cancellation of queued work).

@@ -45,6 +45,7 @@ struct Worker {
     outbox: Outbox,
     delay: DelayModel,
     skip_expired: bool,
+    max_clock_skew_ms: i64,
     /// With `--skip-answered`: a reader of the results topic and what it has seen.
     answered: Option<(StreamConsumer<ParmContext>, Answered)>,
     /// What every input record must agree with (model, code, output partitions).
@@ -107,6 +108,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         outbox: Outbox::new(),
         delay: DelayModel::new(args.delay.clone()),
         skip_expired: !args.keep_expired,
+        max_clock_skew_ms: i64::try_from(args.max_clock_skew_ms).unwrap_or(i64::MAX),
         answered,
         expect,
         counts: Default::default(),
@@ -220,7 +222,9 @@ impl Worker {
     fn skip_reason(&self, item: &Item, now: i64) -> Option<&'static str> {
         if self.already_answered(item) {
             Some("answered")
-        } else if self.skip_expired && item.q.hard_deadline_at < now {
+        } else if self.skip_expired && item.q.hard_deadline_at.saturating_add(self.max_clock_skew_ms) < now {
+            // Stamped on the encoder's clock: skipped only when past it on any clock
+            // within the skew allowed, so a clock ahead never drops work still awaited.
             Some("expired")
         } else {
             None

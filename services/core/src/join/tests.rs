@@ -511,3 +511,35 @@ fn past_max_groups_the_group_due_first_is_settled_early_and_forgotten() {
     // Its offset is released: nothing it held blocks commits.
     assert_eq!(j.committable(), vec![(0, 0, 1)]);
 }
+
+/// An encoder killed just after it closed a partial group (one member, by its linger)
+/// replays its input and closes the same group again, now with a second query that came
+/// meanwhile. The group was finished; the new member is a query of its own and gets its
+/// answer, whether its prediction comes after the second manifest or before it, and the
+/// first member is not answered again. (Found by the fault benchmark: the second member
+/// was dropped as a duplicate.)
+#[test]
+fn a_replayed_manifest_with_a_new_member_of_a_finished_group_answers_it_once() {
+    for prediction_first in [false, true] {
+        let mut j = Join::new(config(Policy::Deadline, true));
+        let mut partial = spec(2, 50, 100);
+        partial.members.truncate(1);
+        j.on_manifest(partial, origin(0, 0), 0);
+        j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
+        j.on_parity("g", 1, vec![1.0, 0.0], 100, origin(2, 0), 2);
+        assert_eq!(results(&mut j).len(), 1);
+        assert_eq!(j.open_groups(), 0, "finished");
+        if prediction_first {
+            j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 10);
+            j.on_manifest(spec(2, 50, 100), origin(0, 1), 11);
+        } else {
+            j.on_manifest(spec(2, 50, 100), origin(0, 1), 10);
+            j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 11);
+        }
+        // Replayed duplicates of the first member change nothing.
+        j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 2), 12);
+        j.handle_timeout(200);
+        let r = results(&mut j);
+        assert_eq!(r.iter().map(|e| (e.query_id.as_str(), e.source)).collect::<Vec<_>>(), vec![("q1", Source::Model)], "prediction first: {prediction_first}");
+    }
+}
