@@ -57,7 +57,7 @@ fn encoder_group(builder: &mut GroupBuilder<(Query, Tensor)>, inputs: &[Vec<u8>]
                     traceparent: None,
                 });
             }
-            let pq = ParityQuery { group_id: g.id.clone(), members: K as i32, k: K as i32, encoder: "addition".into(), tensor: WireTensor::from_tensor(&parity), decoder_partition: dp, hard_deadline_at_ms: 4 };
+            let pq = ParityQuery { group_id: g.id.clone(), members: K as i32, k: K as i32, encoder: "addition".into(), tensor: WireTensor::from_tensor(&parity), decoder_partition: dp, hard_deadline_at_ms: 4, parity_model: String::new() };
             bytes += encode(&pq).unwrap().len();
             let m = GroupManifest { group_id: g.id.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true };
             bytes += encode(&m).unwrap().len();

@@ -104,10 +104,8 @@ pub async fn run(scn: &FaultScenario, env: &Env<'_>, progress: impl Fn(&str) + S
     };
     let kinds = hostile::every_kind("bad");
     let drain = Duration::from_secs_f64(scn.drain_s);
-    let (stream, received) = tokio::join!(
-        send_stream(scn, &client, env.data, &kinds, &stream_over, &failures, &sent_count, started_us),
-        collect(&client, &stream_over, &sent_count, drain, progress.as_ref()),
-    );
+    let shared = Shared { stream_over: &stream_over, failures: &failures, sent_count: &sent_count, started_us };
+    let (stream, received) = tokio::join!(send_stream(scn, &client, env.data, &kinds, &shared), collect(&client, &shared, drain, progress.as_ref()));
     // The injector runs its schedule to the end whatever failed here, so that no fault is
     // left applied.
     let windows = injector.await.context("the fault injector panicked")??;
@@ -139,18 +137,20 @@ fn deployment_spec(scn: &FaultScenario, brokers: &str, prefix: &str, log_dir: &P
     d
 }
 
+/// What the sender and the collector share: the injector's end of the stream, failed
+/// deliveries, queries sent so far, and the stream's start (µs since the epoch).
+#[derive(Clone, Copy)]
+struct Shared<'a> {
+    stream_over: &'a AtomicBool,
+    failures: &'a Arc<AtomicUsize>,
+    sent_count: &'a AtomicUsize,
+    started_us: u64,
+}
+
 /// Sends the stream until `stop`: valid query i at `started_us + i / rate`, and after
 /// every `salt_every` of them one hostile record, each kind in turn.
-async fn send_stream(
-    scn: &FaultScenario,
-    client: &Client,
-    data: &Mnist,
-    kinds: &[Hostile],
-    stop: &AtomicBool,
-    failures: &Arc<AtomicUsize>,
-    sent_count: &AtomicUsize,
-    started_us: u64,
-) -> anyhow::Result<(Vec<Sent>, Vec<Hostile>)> {
+async fn send_stream(scn: &FaultScenario, client: &Client, data: &Mnist, kinds: &[Hostile], shared: &Shared<'_>) -> anyhow::Result<(Vec<Sent>, Vec<Hostile>)> {
+    let Shared { stream_over: stop, failures, sent_count, started_us } = *shared;
     let mut sent = Vec::new();
     let mut hostile = Vec::new();
     let gap_us = 1e6 / scn.rate;
@@ -191,7 +191,8 @@ async fn send_stream(
 
 /// Reads results while the stream runs, and after it until every query sent has one or
 /// `drain` has passed.
-async fn collect(client: &Client, stream_over: &AtomicBool, sent_count: &AtomicUsize, drain: Duration, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Received>> {
+async fn collect(client: &Client, shared: &Shared<'_>, drain: Duration, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Received>> {
+    let Shared { stream_over, sent_count, .. } = *shared;
     let mut out = Vec::new();
     let mut answered = std::collections::HashSet::new();
     let mut over_at: Option<std::time::Instant> = None;

@@ -371,42 +371,55 @@ pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow
 
 /// Rejoins a consumer group after the broker fenced this static member.
 ///
-/// With `--instance-id`, a broker restart can leave the group coordinator holding an old
-/// member id for this instance; librdkafka then reports `FENCED_INSTANCE_ID`, a fatal
-/// consumer error, although no other process has the id. A fresh consumer with the same
-/// instance id takes the membership back, as a restarted process would. It shares the old
-/// one's rebalance counter and positions, so the service sees a rebalance, resumes every
-/// partition it gets back where it left off and keeps its state: no replay, no duplicate.
-/// A second fencing within [`Rejoin::MIN_INTERVAL`] means another process really has the
-/// id, and ends the service.
+/// With `--instance-id`, a broker restart or a coordinator moving to another broker can
+/// leave the group coordinator holding an old member id for this instance; librdkafka then
+/// reports `FENCED_INSTANCE_ID`, a fatal consumer error, although no other process has the
+/// id. A fresh consumer with the same instance id takes the membership back, as a
+/// restarted process would. It shares the old one's rebalance counter and positions, so the
+/// service sees a rebalance, resumes every partition it gets back where it left off and
+/// keeps its state: no replay, no duplicate. While a coordinator settles, the fresh one can
+/// be fenced again; each rejoin waits a little longer (up to 5 s). More than
+/// [`Rejoin::MAX_FENCINGS`] within [`Rejoin::WINDOW`] means another process really has
+/// the id (two such processes fence each other at every join), and ends the service.
 #[derive(Debug)]
 pub struct Rejoin {
     group: String,
     topics: Vec<String>,
-    last: Option<std::time::Instant>,
+    fenced_at: std::collections::VecDeque<std::time::Instant>,
 }
 
 impl Rejoin {
-    pub const MIN_INTERVAL: Duration = Duration::from_secs(60);
+    pub const MAX_FENCINGS: usize = 5;
+    pub const WINDOW: Duration = Duration::from_secs(600);
 
     pub fn new(group: &str, topics: &[&str]) -> Self {
-        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), last: None }
+        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), fenced_at: Default::default() }
     }
 
     /// Replaces a fenced consumer with a fresh member of the same group and topics.
     pub fn rejoin(&mut self, kafka: &KafkaArgs, old: StreamConsumer<ParmContext>, service: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
-        if self.last.is_some_and(|t| t.elapsed() < Self::MIN_INTERVAL) {
+        let now = std::time::Instant::now();
+        while self.fenced_at.front().is_some_and(|t| now.duration_since(*t) > Self::WINDOW) {
+            self.fenced_at.pop_front();
+        }
+        self.fenced_at.push_back(now);
+        let times = self.fenced_at.len();
+        if times > Self::MAX_FENCINGS {
             bail!(
-                "{service}: fenced twice within {:?}: another process joined group {} with the same --instance-id; give every instance its own id",
-                Self::MIN_INTERVAL,
+                "{service}: fenced {times} times within {:?}: another process joined group {} with the same --instance-id; give every instance its own id",
+                Self::WINDOW,
                 self.group
             );
         }
-        self.last = Some(std::time::Instant::now());
-        tracing::warn!(%service, group = %self.group, "the broker fenced this static member (a stale member id after a broker restart); rejoining with a fresh consumer");
+        tracing::warn!(%service, group = %self.group, times, "the broker fenced this static member (a stale member id after a broker restart or a coordinator move); rejoining with a fresh consumer");
         let (counter, positions) = (old.context().rebalances.clone(), old.context().positions.clone());
-        // Closing a fenced consumer talks to no coordinator; keep it off the async threads anyway.
-        tokio::task::block_in_place(|| drop(old));
+        let backoff = Duration::from_millis(500 * times as u64).min(Duration::from_secs(5));
+        // Closing a fenced consumer talks to no coordinator; and a fenced member has no
+        // input to serve while it waits: both off the async threads.
+        tokio::task::block_in_place(|| {
+            drop(old);
+            std::thread::sleep(backoff);
+        });
         let fresh = kafka.consumer_sharing(&self.group, counter, positions)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         fresh.subscribe(&topics).with_context(|| format!("subscribing again to {topics:?}"))?;

@@ -65,6 +65,14 @@ impl ModelManifest {
     }
 }
 
+/// A model's identity: its name and a CRC-32 of its ONNX file (`NAME@1a2b3c4d`). A parity
+/// query carries the encoder's parity model's, and a parity worker serves only its own: the
+/// same name with other weights (another host's file, another training) is refused too.
+pub fn identity(manifest: &ModelManifest, onnx: &Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(onnx).with_context(|| format!("reading {}", onnx.display()))?;
+    Ok(format!("{}@{:08x}", manifest.name, crc32fast::hash(&bytes)))
+}
+
 type Plan = Arc<TypedRunnableModel>;
 
 /// A loaded model: its manifest, and one optimized plan per batch size used so far.
@@ -75,6 +83,11 @@ pub struct Model {
 }
 
 impl Model {
+    /// This model's [`identity`].
+    pub fn identity(&self) -> anyhow::Result<String> {
+        identity(&self.manifest, &self.onnx)
+    }
+
     /// Loads a model from its manifest and builds the batch-1 plan (so a broken model
     /// fails at start, not at the first query).
     pub fn load(path: &Path) -> anyhow::Result<Arc<Self>> {

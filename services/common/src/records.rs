@@ -58,6 +58,9 @@ pub struct ParityQuery {
     pub tensor: WireTensor,
     pub decoder_partition: i32,
     pub hard_deadline_at_ms: i64,
+    /// `NAME@CRC32` of the encoder's parity model (`parm_common::model::identity`).
+    #[serde(default)]
+    pub parity_model: String,
 }
 
 /// One member of `schemas/group-manifest.avsc`.

@@ -97,7 +97,7 @@ fn feed(records: &[(u8, Vec<u8>)], policy: Policy) -> (Join<QueryMeta>, Vec<(Str
     let mut join: Join<QueryMeta> = Join::new(JoinConfig { policy, lag_awareness: true, late_linger_ms: 100, max_groups: 3 });
     let mut answered = Vec::new();
     let mut skew = ClockSkew::new(60_000, 1_500);
-    let mut drain = |j: &mut Join<QueryMeta>, answered: &mut Vec<(String, String)>| {
+    let drain = |j: &mut Join<QueryMeta>, answered: &mut Vec<(String, String)>| {
         while let Some(e) = j.poll_event() {
             if let Event::Result(r) = e {
                 answered.push((r.group_id, r.query_id));
@@ -180,5 +180,32 @@ proptest! {
             let unique: HashSet<_> = answered.iter().collect();
             prop_assert_eq!(unique.len(), answered.len(), "a query answered twice: {:?}", answered);
         }
+    }
+}
+
+/// A decoder whose clock runs 1 s ahead of the encoder's: after one manifest, deadlines are
+/// moved onto its clock (1 s later, plus the 3 ms the manifest took), so nothing is
+/// reconstructed or given up a second early; and 1 s behind, a second earlier.
+#[test]
+fn deadlines_stamped_on_a_skewed_encoder_clock_are_moved_onto_this_one() {
+    for skew in [1_000i64, -1_000] {
+        let mut clock = ClockSkew::new(60_000, 1_500);
+        let now = NOW;
+        let encoder_now = now as i64 - skew - 3;
+        let member = GroupMember {
+            query_id: "q0".into(),
+            index: 0,
+            model_partition: 0,
+            sent_at_ms: 0,
+            received_at_ms: encoder_now,
+            deadline_at_ms: encoder_now + 50,
+            hard_deadline_at_ms: encoder_now + 2_000,
+            traceparent: None,
+        };
+        let m = GroupManifest { group_id: "g".into(), k: 2, encoder: "addition".into(), created_at_ms: encoder_now, members: vec![member], has_parity: true };
+        let spec = intake::manifest(&avro::encode(&m).unwrap(), now, MAX_DEADLINE_MS, &mut clock).unwrap();
+        assert_eq!(clock.offset_ms(), skew + 3);
+        assert_eq!(spec.members[0].deadline_at, now + 50, "skew {skew}: the budget of 50 ms counts from now on this clock");
+        assert_eq!(spec.members[0].hard_deadline_at, now + 2_000);
     }
 }

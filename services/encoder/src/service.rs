@@ -41,6 +41,8 @@ struct Encoder {
     args: EncoderArgs,
     group: String,
     plan: CodingPlan,
+    /// The parity model's identity, on every parity query.
+    parity_model: String,
     topics: Topics,
     producer: FutureProducer,
     /// Where each member goes among the model partitions (cached per round).
@@ -60,6 +62,10 @@ struct Encoder {
 /// without committing past the unwritten queries, so a restart replays them).
 pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
+    let parity_model = {
+        let (m, onnx) = parm_common::model::ModelManifest::load(&parm_common::model::resolve(&args.parity_model))?;
+        parm_common::model::identity(&m, &onnx)?
+    };
     let limits = args.limits()?;
     let topics = args.common.kafka.topics();
     let model_partitions = partition_count(&args.common.kafka, &topics.model_queries).await?;
@@ -94,6 +100,7 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         group: args.group_name(),
         args,
         plan,
+        parity_model,
         topics,
         producer,
         member_partitions: MemberPartitions::new(model_partitions),
@@ -365,6 +372,7 @@ impl Encoder {
                 tensor: WireTensor::from_tensor(&parity_input),
                 decoder_partition,
                 hard_deadline_at_ms: hard_deadline_at,
+                parity_model: self.parity_model.clone(),
             };
             let mut parity_partition = group_partition(&g.id, self.parity_partitions);
             if let Some((view, _)) = &self.health {

@@ -96,7 +96,7 @@ impl Deployment {
     /// Starts one more service process. Each is a static group member
     /// (`--instance-id PREFIX-NAME`), so a restart takes its partitions back at once.
     pub fn spawn(&mut self, name: &str, subcommand: &str, extra: &[String]) -> anyhow::Result<()> {
-        let mut args = vec![subcommand.to_string(), "--instance-id".to_string(), format!("{}-{name}", self.spec.prefix)];
+        let mut args = vec![subcommand.to_string(), "--instance-id".to_string(), instance_id(&self.spec.prefix, name)];
         args.extend(extra.iter().cloned());
         let child = self.command(name, &args)?.spawn().with_context(|| format!("starting {name}"))?;
         self.services.push(Service { name: name.to_string(), args, child });
@@ -168,21 +168,22 @@ impl Deployment {
         Ok(())
     }
 
-    /// The consumer groups of this deployment and the pids of the processes that should be
-    /// their members (a kind with no process, e.g. no parity workers, has no group).
-    pub fn expected_groups(&self) -> Vec<(String, Vec<u32>)> {
+    /// The consumer groups of this deployment and the members each should have: every
+    /// service is a static member, named by its instance id (a kind with no process, e.g.
+    /// no parity workers, has no group).
+    pub fn expected_groups(&self) -> Vec<(String, Vec<String>)> {
         let p = &self.spec.prefix;
-        let pids = |kind: &str| -> Vec<u32> {
-            self.services.iter().filter(|s| s.args.first().is_some_and(|a| a == kind)).map(|s| s.child.id()).collect()
+        let members = |kind: &str| -> Vec<String> {
+            self.services.iter().filter(|s| s.args.first().is_some_and(|a| a == kind)).map(|s| instance_id(p, &s.name)).collect()
         };
         vec![
-            (format!("{p}-encoder"), pids("encoder")),
-            (format!("{p}-model-workers"), pids("model-worker")),
-            (format!("{p}-parity-workers"), pids("parity-worker")),
-            (format!("{p}-decoder"), pids("decoder")),
+            (format!("{p}-encoder"), members("encoder")),
+            (format!("{p}-model-workers"), members("model-worker")),
+            (format!("{p}-parity-workers"), members("parity-worker")),
+            (format!("{p}-decoder"), members("decoder")),
         ]
         .into_iter()
-        .filter(|(_, pids)| !pids.is_empty())
+        .filter(|(_, m)| !m.is_empty())
         .collect()
     }
 
@@ -231,17 +232,25 @@ impl Drop for Deployment {
     }
 }
 
-/// The groups that are not yet stable with exactly the expected members (by the pid in
-/// their client id), with what they look like now.
-pub fn groups_ready(brokers: &str, expected: &[(String, Vec<u32>)]) -> anyhow::Result<Vec<String>> {
+/// The static-membership id of the service `name` of the deployment `prefix`.
+pub fn instance_id(prefix: &str, name: &str) -> String {
+    format!("{prefix}-{name}")
+}
+
+/// The groups that are not yet stable with exactly the expected members, with what they
+/// look like now. A member is named as the broker made its member id, `NAME-UUID`: NAME is
+/// the instance id of a static member (`--instance-id`; a killed static member the broker
+/// has not dropped yet has it too, but then its process is not running), else the client
+/// id, `parm-PID`.
+pub fn groups_ready(brokers: &str, expected: &[(String, Vec<String>)]) -> anyhow::Result<Vec<String>> {
     let client: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
     let mut not_ready = Vec::new();
-    for (group, pids) in expected {
+    for (group, want) in expected {
         let list = client.fetch_group_list(Some(group), Duration::from_secs(5))?;
         let (state, mut members) = list.groups().first().map_or(("missing".to_string(), vec![]), |g| {
-            (g.state().to_string(), g.members().iter().map(|m| m.client_id().to_string()).collect::<Vec<_>>())
+            (g.state().to_string(), g.members().iter().map(|m| member_name(m.id()).to_string()).collect::<Vec<_>>())
         });
-        let mut want: Vec<String> = pids.iter().map(|p| format!("parm-{p}")).collect();
+        let mut want = want.clone();
         members.sort();
         want.sort();
         if state != "Stable" || members != want {
@@ -249,4 +258,13 @@ pub fn groups_ready(brokers: &str, expected: &[(String, Vec<u32>)]) -> anyhow::R
         }
     }
     Ok(not_ready)
+}
+
+/// A member id without the `-UUID` the broker appended (36 characters and a dash).
+fn member_name(id: &str) -> &str {
+    const SUFFIX: usize = 37;
+    match id.len().checked_sub(SUFFIX) {
+        Some(cut) if id.as_bytes().get(cut) == Some(&b'-') => id.get(..cut).unwrap_or(id),
+        _ => id,
+    }
 }

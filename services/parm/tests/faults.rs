@@ -119,24 +119,29 @@ async fn hostile_records_salted_into_a_live_stream_are_dead_letters_and_the_rest
     tokio::task::block_in_place(|| p.deployment.check_alive()).expect("no service died");
 }
 
-/// An encoder on the addition parity model with a parity worker serving the
-/// concatenation one: the parity worker refuses every parity query as a dead letter, so a
-/// stopped model worker's queries are never answered with a wrong RECONSTRUCTED.
+/// An encoder on one parity model with a parity worker serving another: of another code
+/// (addition vs concatenation, both k = 2), or of the same code but other weights (the
+/// Fashion-MNIST parity model, also addition with k = 2: only the parity model's identity,
+/// name and CRC-32 of its file, tells them apart). The parity worker refuses every parity
+/// query as a dead letter, so a stopped model worker's queries are never answered with a
+/// wrong RECONSTRUCTED.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_parity_worker_on_another_parity_model_is_refused_not_served() {
-    let mut p = Pipeline::start("mismatch", 2, 1, |s| {
-        s.encoder_args.extend(["--parity-model".to_string(), "mnist-lenet-parity-add-k2".to_string()]);
-        s.parity_worker_args.extend(["--model".to_string(), "mnist-lenet-parity-concat-k2".to_string()]);
-    })
-    .await;
-    p.deployment.signal("model-worker-0", "STOP").unwrap();
-    let sent = p.send("m", 0..20, 20.0, Some(100)).await;
-    let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
-    p.deployment.signal("model-worker-0", "CONT").unwrap();
-    assert_eq!(count(&results, ResultSource::Reconstructed), 0, "nothing is reconstructed from a parity model of another code");
-    assert!(count(&results, ResultSource::Unavailable) > 0, "the stopped worker's queries were answered UNAVAILABLE");
-    let letters = p.dead_letters(1, Duration::from_secs(30)).await;
-    let d = letters.values().next().expect("a dead letter from the parity worker");
-    assert_eq!(d.service, "parity-worker");
-    assert!(d.reason.contains("same parity model"), "{}", d.reason);
+    for (test, parity_worker_model) in [("mismatch-code", "mnist-lenet-parity-concat-k2"), ("mismatch-weights", "fashion-mnist-lenet-parity-add-k2")] {
+        let mut p = Pipeline::start(test, 2, 1, |s| {
+            s.encoder_args.extend(["--parity-model".to_string(), "mnist-lenet-parity-add-k2".to_string()]);
+            s.parity_worker_args.extend(["--model".to_string(), parity_worker_model.to_string()]);
+        })
+        .await;
+        p.deployment.signal("model-worker-0", "STOP").unwrap();
+        let sent = p.send("m", 0..20, 20.0, Some(100)).await;
+        let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
+        p.deployment.signal("model-worker-0", "CONT").unwrap();
+        assert_eq!(count(&results, ResultSource::Reconstructed), 0, "{test}: nothing is reconstructed from another parity model");
+        assert!(count(&results, ResultSource::Unavailable) > 0, "{test}: the stopped worker's queries were answered UNAVAILABLE");
+        let letters = p.dead_letters(1, Duration::from_secs(30)).await;
+        let d = letters.values().next().expect("a dead letter from the parity worker");
+        assert_eq!(d.service, "parity-worker");
+        assert!(d.reason.contains("same parity model"), "{test}: {}", d.reason);
+    }
 }

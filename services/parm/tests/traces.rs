@@ -66,13 +66,13 @@ async fn one_query_is_one_trace_and_a_reconstruction_links_the_parity_span() {
     tasks.push(tokio::spawn(parm_worker::run(Worker::parse_from(with(&[])).a, Role::Parity, stop.clone())));
     tasks.push(tokio::spawn(parm_decoder::run(Decoder::parse_from(with(&[])).a, stop.clone())));
 
-    let me = std::process::id();
+    let me = format!("parm-{}", std::process::id());
     let p = &kafka.topic_prefix;
     let groups = vec![
-        (format!("{p}-encoder"), vec![me]),
-        (format!("{p}-model-workers"), vec![me, me]),
-        (format!("{p}-parity-workers"), vec![me]),
-        (format!("{p}-decoder"), vec![me]),
+        (format!("{p}-encoder"), vec![me.clone()]),
+        (format!("{p}-model-workers"), vec![me.clone(), me.clone()]),
+        (format!("{p}-parity-workers"), vec![me.clone()]),
+        (format!("{p}-decoder"), vec![me.clone()]),
     ];
     let until = Instant::now() + Duration::from_secs(60);
     loop {

@@ -18,6 +18,9 @@ pub struct Expect {
     /// Parity role: the parity model's k and encoder, which every parity query must match.
     pub k: Option<i32>,
     pub encoder: ParityEncoder,
+    /// Parity role: this worker's parity model's identity (`NAME@CRC32`), which a parity
+    /// query that names one must match.
+    pub identity: String,
     /// The output topic and its partition count: a record naming another decoder
     /// partition is refused.
     pub output_topic: String,
@@ -71,6 +74,12 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
                 return Err((None, format!(
                     "parity query of group {} was encoded with k = {} and encoder '{}', but this parity worker serves {} (k = {:?}, encoder {}); start the encoder and the parity workers with the same parity model",
                     q.group_id, q.k, q.encoder, expect.model, expect.k, expect.encoder
+                )));
+            }
+            if !q.parity_model.is_empty() && q.parity_model != expect.identity {
+                return Err((None, format!(
+                    "parity query of group {} was encoded for parity model {}, but this parity worker serves {}; start the encoder and the parity workers with the same parity model (the same file)",
+                    q.group_id, q.parity_model, expect.identity
                 )));
             }
             if !(1..=q.k).contains(&q.members) {

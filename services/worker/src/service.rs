@@ -93,6 +93,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         input_shape: model.manifest.input_shape.clone(),
         k,
         encoder,
+        identity: model.identity()?,
         output_topic: output_topic.clone(),
         output_partitions,
     };
