@@ -386,6 +386,8 @@ pub struct Rejoin {
     group: String,
     topics: Vec<String>,
     fenced_at: std::collections::VecDeque<std::time::Instant>,
+    /// A fencing was noticed and the consumer not yet replaced.
+    pending: bool,
 }
 
 impl Rejoin {
@@ -393,11 +395,25 @@ impl Rejoin {
     pub const WINDOW: Duration = Duration::from_secs(600);
 
     pub fn new(group: &str, topics: &[&str]) -> Self {
-        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), fenced_at: Default::default() }
+        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), fenced_at: Default::default(), pending: false }
+    }
+
+    /// Whether a consumer error is this member's fencing; if so, [`Rejoin::pending`] holds
+    /// until [`Rejoin::rejoin`]. A service loop notices it where it reads, and rejoins
+    /// where no message borrows the consumer.
+    pub fn noticed(&mut self, consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
+        let fenced = fenced(consumer, e);
+        self.pending |= fenced;
+        fenced
+    }
+
+    pub fn pending(&self) -> bool {
+        self.pending
     }
 
     /// Replaces a fenced consumer with a fresh member of the same group and topics.
     pub fn rejoin(&mut self, kafka: &KafkaArgs, old: StreamConsumer<ParmContext>, service: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
+        self.pending = false;
         let now = std::time::Instant::now();
         while self.fenced_at.front().is_some_and(|t| now.duration_since(*t) > Self::WINDOW) {
             self.fenced_at.pop_front();
@@ -429,7 +445,7 @@ impl Rejoin {
 
 /// Whether a consumer error means the broker fenced this static member (the error itself
 /// says so, or it is the generic fatal error and the client's fatal error is the fencing).
-pub fn fenced(consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
+fn fenced(consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
     crate::trouble::is_fenced_instance(e)
         || (matches!(e, KafkaError::MessageConsumptionFatal(_))
             && consumer.client().fatal_error().is_some_and(|(code, _)| code == RDKafkaErrorCode::FencedInstanceId))

@@ -270,8 +270,8 @@ impl<M: Clone> Join<M> {
                 // (a partial group the crash cut short): those are queries of their own.
                 // The group reopens, conflicted (never reconstructed), with the members
                 // answered before marked so.
-                let answered = match &entry.state {
-                    State::Done { answered, .. } => answered.clone(),
+                let answered = match &mut entry.state {
+                    State::Done { answered, .. } => std::mem::take(answered),
                     _ => Vec::new(),
                 };
                 let mut g = new_group(&spec);
@@ -344,15 +344,7 @@ impl<M: Clone> Join<M> {
                 // its own, as before a manifest; a straggling manifest then finds it done.
                 if now < p.hard_deadline_at {
                     answered.push(p.index);
-                    self.events.push_back(Event::Result(Emission {
-                        group_id: group_id.to_string(),
-                        query_id: p.query_id,
-                        index: p.index,
-                        source: Source::Model,
-                        output: p.output,
-                        at: now,
-                        meta: p.meta,
-                    }));
+                    self.events.push_back(arrival_result(group_id, &p, now));
                 }
                 self.offsets.observe(origin);
                 return;
@@ -372,15 +364,7 @@ impl<M: Clone> Join<M> {
                     return;
                 }
                 w.answered.push(p.index);
-                self.events.push_back(Event::Result(Emission {
-                    group_id: group_id.to_string(),
-                    query_id: p.query_id,
-                    index: p.index,
-                    source: Source::Model,
-                    output: p.output.clone(),
-                    at: now,
-                    meta: p.meta,
-                }));
+                self.events.push_back(arrival_result(group_id, &p, now));
                 w.outputs.push((p.index, p.output));
                 w.expires_at = w.expires_at.max(p.hard_deadline_at.saturating_add(late_linger));
             }
@@ -457,9 +441,7 @@ impl<M: Clone> Join<M> {
                     Some(answer) => answer,
                     None => (Source::Unavailable, Vec::new()),
                 };
-                let spec = g.members[j].spec.clone();
-                g.members[j].answered = Some((source, top1(&output)));
-                self.events.push_back(Event::Result(Emission { group_id: id.to_string(), query_id: spec.query_id, index: spec.index, source, output, at: now, meta: spec.meta }));
+                answer_member(g, j, id, source, output, now, &mut self.events);
             }
         }
         self.events.push_back(Event::Evicted { group_id: id.to_string() });
@@ -676,36 +658,50 @@ fn decide<M: Clone>(
         if g.members[j].answered.is_some() {
             continue;
         }
-        let spec = g.members[j].spec.clone();
-        let past_deadline = timed && now >= spec.deadline_at;
+        let (deadline_at, hard_deadline_at, partition) = {
+            let spec = &g.members[j].spec;
+            (spec.deadline_at, spec.hard_deadline_at, spec.model_partition)
+        };
+        let past_deadline = timed && now >= deadline_at;
         if past_deadline && g.members[j].output.is_none() && config.lag_awareness {
-            newly_lagging.push(spec.model_partition);
+            newly_lagging.push(partition);
         }
         let (source, output) = if let Some(out) = &g.members[j].output {
             (Source::Model, out.clone())
         } else {
             let allowed = match config.policy {
                 Policy::Eager => true,
-                Policy::Deadline => past_deadline || (config.lag_awareness && lagging.contains(&spec.model_partition)),
+                Policy::Deadline => past_deadline || (config.lag_awareness && lagging.contains(&partition)),
             };
             match allowed.then(|| try_reconstruct(g, j)).flatten() {
                 Some(out) => (Source::Reconstructed, out),
-                None if timed && now >= spec.hard_deadline_at => (Source::Unavailable, Vec::new()),
+                None if timed && now >= hard_deadline_at => (Source::Unavailable, Vec::new()),
                 None => continue,
             }
         };
-        let t1 = top1(&output);
-        g.members[j].answered = Some((source, t1));
-        events.push_back(Event::Result(Emission {
-            group_id: id.to_string(),
-            query_id: spec.query_id,
-            index: spec.index,
-            source,
-            output,
-            at: now,
-            meta: spec.meta,
-        }));
+        answer_member(g, j, id, source, output, now, events);
     }
+}
+
+/// Gives member `j` its one answer and queues the result.
+fn answer_member<M: Clone>(g: &mut Group<M>, j: usize, id: &str, source: Source, output: Vec<f32>, now: u64, events: &mut VecDeque<Event<M>>) {
+    let Some(m) = g.members.get_mut(j) else { return };
+    m.answered = Some((source, top1(&output)));
+    let spec = m.spec.clone();
+    events.push_back(Event::Result(Emission { group_id: id.to_string(), query_id: spec.query_id, index: spec.index, source, output, at: now, meta: spec.meta }));
+}
+
+/// The result of a real prediction answered on arrival, before (or without) its group.
+fn arrival_result<M: Clone>(group_id: &str, p: &Arrival<M>, now: u64) -> Event<M> {
+    Event::Result(Emission {
+        group_id: group_id.to_string(),
+        query_id: p.query_id.clone(),
+        index: p.index,
+        source: Source::Model,
+        output: p.output.clone(),
+        at: now,
+        meta: p.meta.clone(),
+    })
 }
 
 /// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.

@@ -68,15 +68,14 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.groups, topics.predictions, topics.parity_predictions, counts
         );
     }
-    let args_skew = args.max_clock_skew_ms;
     let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.groups, &topics.predictions, &topics.parity_predictions]);
-    let mut fenced = false;
     let mut d = Decoder {
         group: args.group_name(),
         producer: args.common.kafka.producer()?,
         join: Join::new(args.join_config()),
+        skew: ClockSkew::new(SKEW_WINDOW_MS, args.max_clock_skew_ms),
         args,
         topics,
         links: GroupLinks::default(),
@@ -85,13 +84,12 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         catch_up: None,
         late: 0,
         late_agreed: 0,
-        skew: ClockSkew::new(SKEW_WINDOW_MS, args_skew),
     };
     tracing::info!(policy = %d.args.policy, lag_awareness = !d.args.no_lag_awareness, "decoder started");
     let mut generation = rebalances.get();
     let mut last_store = Instant::now();
     loop {
-        if std::mem::take(&mut fenced) {
+        if rejoin.pending() {
             consumer = rejoin.rejoin(&d.args.common.kafka, consumer, SERVICE)?;
         }
         let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
@@ -105,10 +103,7 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
-                    Err(e) if kafka::fenced(&consumer, &e) => {
-                        fenced = true;
-                        continue;
-                    }
+                    Err(e) if rejoin.noticed(&consumer, &e) => continue,
                     Err(e) => {
                         trouble::ride_out(e, SERVICE, "reading groups and predictions")?;
                         continue;
@@ -208,7 +203,7 @@ impl Decoder {
 
     fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
         let (group_id, mut arrival) = intake::prediction(payload, now, self.args.max_deadline_ms, &self.skew)?;
-        self.links.add(&group_id, arrival.index as i32, cx.span().span_context().clone(), arrival.hard_deadline_at + self.args.late_linger_ms);
+        self.links.add(&group_id, arrival.index as i32, cx.span().span_context().clone(), arrival.hard_deadline_at.saturating_add(self.args.late_linger_ms));
         // Used when the prediction is answered before its manifest arrives: the result
         // then joins the query's trace through the prediction's own span.
         arrival.meta.traceparent = telemetry::traceparent(cx);
@@ -218,7 +213,7 @@ impl Decoder {
 
     fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
         let p = intake::parity(payload, now, self.args.max_deadline_ms, &self.skew)?;
-        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), p.hard_deadline_at + self.args.late_linger_ms);
+        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), p.hard_deadline_at.saturating_add(self.args.late_linger_ms));
         self.join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now);
         Ok(())
     }

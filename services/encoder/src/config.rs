@@ -79,6 +79,13 @@ impl EncoderArgs {
         Ok(CodingPlan { k, encoder, input_shape: m.input_shape })
     }
 
+    /// The parity model's identity (`NAME@CRC32` of its file), put on every parity query
+    /// so that a parity worker serving another one refuses it.
+    pub fn parity_identity(&self) -> anyhow::Result<String> {
+        let (m, onnx) = ModelManifest::load(&resolve(&self.parity_model))?;
+        parm_common::model::identity(&m, &onnx)
+    }
+
     /// The limits on client records: the flags, and the input range of the base model the
     /// parity model protects (its manifest's `input_range`, else the parity model's).
     pub fn limits(&self) -> anyhow::Result<Limits> {

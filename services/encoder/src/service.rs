@@ -62,10 +62,7 @@ struct Encoder {
 /// without committing past the unwritten queries, so a restart replays them).
 pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
-    let parity_model = {
-        let (m, onnx) = parm_common::model::ModelManifest::load(&parm_common::model::resolve(&args.parity_model))?;
-        parm_common::model::identity(&m, &onnx)?
-    };
+    let parity_model = args.parity_identity()?;
     let limits = args.limits()?;
     let topics = args.common.kafka.topics();
     let model_partitions = partition_count(&args.common.kafka, &topics.model_queries).await?;
@@ -82,7 +79,6 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
     consumer.subscribe(&[&topics.queries])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.queries]);
-    let mut fenced = false;
     let health_reader = if args.route_by_health {
         let reader = kafka::tail_reader(&args.common.kafka, &topics.health, "health")
             .await
@@ -113,7 +109,7 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
     let mut generation = rebalances.get();
     let mut last_store = std::time::Instant::now();
     loop {
-        if std::mem::take(&mut fenced) {
+        if rejoin.pending() {
             consumer = rejoin.rejoin(&enc.args.common.kafka, consumer, SERVICE)?;
         }
         let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
@@ -133,10 +129,7 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
-                    Err(e) if kafka::fenced(&consumer, &e) => {
-                        fenced = true;
-                        continue;
-                    }
+                    Err(e) if rejoin.noticed(&consumer, &e) => continue,
                     Err(e) => {
                         trouble::ride_out(e, SERVICE, "reading queries")?;
                         continue;

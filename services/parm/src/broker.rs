@@ -15,41 +15,11 @@ pub fn start_local() -> anyhow::Result<String> {
     kafka_local(&[], "start")
 }
 
-/// A broker of its own on other ports (`scripts/kafka-local` with `PARM_KAFKA_PORT`), for a
-/// test that stops and starts it without touching the broker other tests share.
-pub struct OwnBroker {
-    env: Vec<(&'static str, String)>,
-    pub bootstrap: String,
-}
-
-impl OwnBroker {
-    /// Starts (or finds running) the broker on `port`, its controller on `port + 1`.
-    pub fn start(port: u16) -> anyhow::Result<Self> {
-        let env = vec![("PARM_KAFKA_PORT", port.to_string()), ("PARM_KAFKA_CONTROLLER_PORT", (port + 1).to_string())];
-        let bootstrap = kafka_local(&env, "start")?;
-        Ok(Self { env, bootstrap })
-    }
-
-    /// Stops the broker (SIGTERM, then SIGKILL after 30 s).
-    pub fn stop(&self) -> anyhow::Result<()> {
-        kafka_local(&self.env, "stop").map(|_| ())
-    }
-
-    /// Starts it again after [`OwnBroker::stop`]; returns once it serves clients.
-    pub fn restart(&self) -> anyhow::Result<()> {
-        kafka_local(&self.env, "start").map(|_| ())
-    }
-}
-
-impl Drop for OwnBroker {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
-}
-
-/// A KRaft cluster of several nodes on loopback (each a broker and a controller, from the
-/// same jars as `scripts/kafka-local`), topics replicated to every node with
-/// `min.insync.replicas` 2: one node can be lost without losing a write. Node `i` (1-based)
+/// A Kafka cluster of its own on other ports than the shared broker's, for a test or a
+/// benchmark that stops, kills and starts brokers: one node, or several on loopback (each a
+/// broker and a controller, from the same jars as `scripts/kafka-local`) with topics
+/// replicated to every node (up to 3) and `min.insync.replicas` 2, so that one node can be
+/// lost without losing a write. Node `i` (1-based)
 /// listens on `base_port + 10 (i - 1)`, its controller one port above. Dropping it stops
 /// every node.
 pub struct Cluster {
@@ -110,7 +80,7 @@ impl Cluster {
     }
 
     fn node(&self, id: i32) -> anyhow::Result<&[(&'static str, String)]> {
-        usize::try_from(id - 1).ok().and_then(|i| self.nodes.get(i)).map(Vec::as_slice).with_context(|| format!("no node {id} in this cluster"))
+        id.checked_sub(1).and_then(|i| usize::try_from(i).ok()).and_then(|i| self.nodes.get(i)).map(Vec::as_slice).with_context(|| format!("no node {id} in this cluster"))
     }
 }
 

@@ -6,7 +6,8 @@
 //!
 //! ## Layout
 //! - [`mnist`]: the MNIST test images and labels shipped in `models/data/` (IDX files).
-//! - [`broker`]: finding or starting a local Kafka broker with `scripts/kafka-local`.
+//! - [`broker`]: finding or starting a local Kafka broker with `scripts/kafka-local`, or a
+//!   cluster of its own (1 or 3 nodes) to stop and kill.
 //! - [`launch`]: a deployment of every service as its own process, and its teardown.
 //! - [`client`]: producing queries on a schedule and collecting their results.
 //! - [`report`]: latency percentiles and result counts of a run.

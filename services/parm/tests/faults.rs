@@ -3,7 +3,7 @@
 
 mod support;
 
-use parm::broker::OwnBroker;
+use parm::broker::Cluster;
 use parm::hostile::{self, Hostile};
 use parm_common::avro;
 use parm_common::records::{Query, ResultSource, WireTensor};
@@ -25,7 +25,7 @@ fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_result() {
     let outage = Duration::from_secs(std::env::var("PARM_TEST_OUTAGE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(10));
-    let broker = tokio::task::block_in_place(|| OwnBroker::start(OWN_BROKER_PORT)).expect("starting a broker of this test's own");
+    let broker = tokio::task::block_in_place(|| Cluster::start(OWN_BROKER_PORT, 1)).expect("starting a broker of this test's own");
     let mut p = Pipeline::start_on(&broker.bootstrap, "outage", 2, 1, |s| {
         // Queries in flight during the outage are answered after it, not UNAVAILABLE.
         let hard = (outage.as_millis() as u64 + 60_000).to_string();
@@ -37,7 +37,7 @@ async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_re
     let (results, _) = p.results_for(&before, Duration::from_secs(60)).await;
     assert_eq!(results.len(), before.len());
 
-    tokio::task::block_in_place(|| broker.stop()).expect("stopping the broker");
+    tokio::task::block_in_place(|| broker.stop_all()).expect("stopping the broker");
     // Queries sent while the broker is down wait in the client's producer queue.
     let mut during = HashMap::new();
     let mut pending = Vec::new();
@@ -48,7 +48,7 @@ async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_re
         during.insert(id, i);
         tokio::time::sleep(outage / 30).await;
     }
-    tokio::task::block_in_place(|| broker.restart()).expect("starting the broker again");
+    tokio::task::block_in_place(|| broker.start_all()).expect("starting the broker again");
     for f in pending {
         parm_common::kafka::delivered(f, "queries").await.expect("a query queued during the outage is delivered after it");
     }

@@ -4,6 +4,7 @@
 
 use crate::config::Role;
 use parm_common::avro;
+use parm_common::model::Model;
 use parm_common::records::{MemberQuery, ParityQuery};
 use parm_core::{ParityEncoder, Tensor};
 
@@ -25,6 +26,25 @@ pub struct Expect {
     /// partition is refused.
     pub output_topic: String,
     pub output_partitions: i32,
+}
+
+impl Expect {
+    /// What a worker of `role` serving `model` and writing `output_topic` expects. A
+    /// parity model's k and encoder are its manifest's (addition when unstated, as the
+    /// encoder reads it).
+    pub fn for_model(role: Role, model: &Model, output_topic: &str, output_partitions: i32) -> anyhow::Result<Self> {
+        let m = &model.manifest;
+        Ok(Self {
+            role,
+            model: m.name.clone(),
+            input_shape: m.input_shape.clone(),
+            k: m.k.and_then(|k| i32::try_from(k).ok()),
+            encoder: m.encoder.as_deref().and_then(|e| e.parse().ok()).unwrap_or(ParityEncoder::Addition),
+            identity: model.identity()?,
+            output_topic: output_topic.to_string(),
+            output_partitions,
+        })
+    }
 }
 
 /// A record that passed, with what the worker needs to run and answer it.

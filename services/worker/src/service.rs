@@ -75,7 +75,6 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let (mut consumer, rebalances) = args.common.kafka.consumer(&group)?;
     consumer.subscribe(&[&input_topic])?;
     let mut rejoin = kafka::Rejoin::new(&group, &[&input_topic]);
-    let mut fenced = false;
     let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered").await?, Answered::new(60_000))) } else { None };
     let producer = args.common.kafka.producer()?;
     let health = if args.report_health {
@@ -86,17 +85,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     } else {
         None
     };
-    let (k, encoder) = parity_code(&model.manifest);
-    let expect = Expect {
-        role,
-        model: model.manifest.name.clone(),
-        input_shape: model.manifest.input_shape.clone(),
-        k,
-        encoder,
-        identity: model.identity()?,
-        output_topic: output_topic.clone(),
-        output_partitions,
-    };
+    let expect = Expect::for_model(role, &model, &output_topic, output_partitions)?;
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -119,7 +108,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
     let max_wait = Duration::from_millis(args.max_wait_ms);
     let mut generation = rebalances.get();
     loop {
-        if std::mem::take(&mut fenced) {
+        if rejoin.pending() {
             consumer = rejoin.rejoin(&args.common.kafka, consumer, w.service())?;
         }
         let first = tokio::select! {
@@ -127,7 +116,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
             msg = consumer.recv() => match msg {
                 Ok(m) => m,
-                Err(e) if kafka::fenced(&consumer, &e) => { fenced = true; continue; }
+                Err(e) if rejoin.noticed(&consumer, &e) => continue,
                 Err(e) => { trouble::ride_out(e, w.service(), "reading queries")?; continue; }
             },
         };
@@ -150,10 +139,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
                         kafka::consumed(&consumer, &m);
                         batch.push(m);
                     }
-                    Err(e) if kafka::fenced(&consumer, &e) => {
-                        fenced = true;
-                        break;
-                    }
+                    Err(e) if rejoin.noticed(&consumer, &e) => break,
                     Err(e) => trouble::ride_out(e, w.service(), "reading queries")?,
                 },
                 _ = tokio::time::sleep_until(until.into()) => break,
@@ -182,14 +168,6 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
 fn owned_partitions(consumer: &StreamConsumer<ParmContext>) -> Vec<i32> {
     consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
 }
-
-/// The k and encoder of a parity model, as its manifest states them (addition when unstated,
-/// as the encoder reads it).
-fn parity_code(m: &parm_common::model::ModelManifest) -> (Option<i32>, parm_core::ParityEncoder) {
-    let encoder = m.encoder.as_deref().and_then(|e| e.parse().ok()).unwrap_or(parm_core::ParityEncoder::Addition);
-    (m.k.and_then(|k| i32::try_from(k).ok()), encoder)
-}
-
 
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
     let offsets: Vec<_> = w.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (w.input_topic.clone(), p, o)).collect();
