@@ -33,7 +33,10 @@ def pixels(i):  # little-endian float32 values in [0, 1]
 query_schema = load_schema(str(repo / "schemas/query.avsc"))
 result_schema = load_schema(str(repo / "schemas/result.avsc"))
 producer = Producer({"bootstrap.servers": a.brokers})
-consumer = Consumer({"bootstrap.servers": a.brokers, "group.id": "py-client", "enable.auto.commit": False})
+# read_committed: with --delivery exactly-once a result counts only once its transaction
+# commits (librdkafka's default too; said here because Java clients default otherwise).
+consumer = Consumer({"bootstrap.servers": a.brokers, "group.id": "py-client", "enable.auto.commit": False,
+                     "isolation.level": "read_committed"})
 results = f"{a.topic_prefix}.results"  # read from each partition's current end, before sending
 consumer.assign([TopicPartition(results, p, consumer.get_watermark_offsets(TopicPartition(results, p), timeout=10)[1])
                  for p in consumer.list_topics(results, timeout=10).topics[results].partitions])

@@ -51,10 +51,13 @@ pub struct Verdict {
     /// Whether flat memory is part of the verdict: in a soak, yes; under faults RSS grows
     /// while queues fill during an outage, and is only reported.
     pub memory_judged: bool,
+    /// The most duplicate answers the verdict allows: none exactly once, 2% of the valid
+    /// queries at least once (issue 14's bar).
+    pub max_duplicates: usize,
 }
 
 impl Verdict {
-    pub fn new(run: &FaultRun, memory_judged: bool) -> Self {
+    pub fn new(run: &FaultRun, memory_judged: bool, exactly_once: bool) -> Self {
         let labels = HashMap::new();
         let scheduled = |from: u64, to: u64| -> HashMap<String, u64> {
             run.sent.iter().filter(|s| s.scheduled_us >= from && s.scheduled_us < to).map(|s| (s.id.clone(), s.scheduled_us)).collect()
@@ -87,13 +90,16 @@ impl Verdict {
             exited: run.exited.clone(),
             delivery_failures: run.delivery_failures,
             memory_judged,
+            max_duplicates: if exactly_once { 0 } else { run.sent.len() / 50 },
         }
     }
 
-    /// Every valid query answered, every hostile record dead-lettered, no service dead,
-    /// and (where judged) memory flat.
+    /// Every valid query answered, duplicates within the bar, every hostile record
+    /// dead-lettered, no service dead, and (where judged) memory flat.
     pub fn passed(&self) -> bool {
-        self.total.missing == 0 && self.hostile_wrong.is_empty() && self.exited.is_none() && (!self.memory_judged || self.memory.iter().all(|m| m.flat))
+        self.total.missing == 0
+            && self.total.duplicates <= self.max_duplicates
+            && self.hostile_wrong.is_empty() && self.exited.is_none() && (!self.memory_judged || self.memory.iter().all(|m| m.flat))
     }
 
     pub fn markdown(&self, scn: &FaultScenario) -> String {
@@ -120,6 +126,7 @@ impl Verdict {
             let _ = writeln!(md, "- `{key}`: {why}");
         }
         let _ = writeln!(md, "Deliveries that failed: {}. Services that exited unasked: {}.\n", self.delivery_failures, self.exited.as_deref().unwrap_or("none"));
+        let _ = writeln!(md, "Delivery: {}. Duplicates: {} of {} valid queries (at most {} allowed).\n", scn.delivery, self.total.duplicates, self.total.queries, self.max_duplicates);
         if !self.memory_judged {
             md += "Memory is reported, not judged, under faults (queues fill during an outage); the soak judges it.\n\n";
         }

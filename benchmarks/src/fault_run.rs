@@ -134,6 +134,10 @@ fn deployment_spec(scn: &FaultScenario, brokers: &str, prefix: &str, log_dir: &P
     d.model_worker_args = worker(scn.model.clone());
     d.parity_worker_args = worker(scn.parity_model());
     d.decoder_args = vec!["--policy".into(), "deadline".into()];
+    d.service_env.push(("PARM_DELIVERY".into(), scn.delivery.clone()));
+    if let Some(ms) = scn.commit_interval_ms {
+        d.service_env.push(("PARM_COMMIT_INTERVAL_MS".into(), ms.to_string()));
+    }
     d
 }
 

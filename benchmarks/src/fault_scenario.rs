@@ -46,6 +46,10 @@ pub struct FaultScenario {
     pub drain_s: f64,
     /// Interval of the services' RSS samples (s).
     pub rss_every_s: f64,
+    /// `at-least-once` or `exactly-once` (`--delivery` of every service).
+    pub delivery: String,
+    /// Exactly once: `--commit-interval-ms` of every service (default: the services').
+    pub commit_interval_ms: Option<u64>,
     #[serde(rename = "fault")]
     pub faults: Vec<Fault>,
 }
@@ -72,6 +76,8 @@ impl Default for FaultScenario {
             duration_s: 0.0,
             drain_s: 60.0,
             rss_every_s: 1.0,
+            delivery: "at-least-once".into(),
+            commit_interval_ms: None,
             faults: vec![],
         }
     }
@@ -144,6 +150,9 @@ impl FaultScenario {
         }
         if ![1, 3].contains(&self.brokers) {
             bail!("brokers must be 1 or 3");
+        }
+        if !matches!(self.delivery.as_str(), "at-least-once" | "exactly-once") {
+            bail!("delivery must be \"at-least-once\" or \"exactly-once\", not {:?}", self.delivery);
         }
         if self.k == 0 || self.model_workers < self.k {
             bail!("k must be at least 1 and at most model_workers");

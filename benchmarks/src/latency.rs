@@ -152,6 +152,12 @@ pub async fn run_one(
     let kafka_flags: Vec<String> = spec.kafka.set.iter().flat_map(|kv| ["--kafka-set".to_string(), kv.clone()]).collect();
     let mut d = DeploymentSpec::new(env.brokers, &prefix, model_workers, parity_workers);
     d.log_dir = env.log_dir.join(spec.label());
+    if let Some(delivery) = &spec.kafka.delivery {
+        d.service_env.push(("PARM_DELIVERY".into(), delivery.clone()));
+    }
+    if let Some(ms) = spec.kafka.commit_interval_ms {
+        d.service_env.push(("PARM_COMMIT_INTERVAL_MS".into(), ms.to_string()));
+    }
     d.encoder_args = flags([
         ("--parity-model", encoder_plan),
         ("--deadline-ms", svc.deadline_ms.to_string()),

@@ -173,13 +173,19 @@ impl Contention {
     }
 }
 
-/// A named set of librdkafka settings.
+/// A named set of librdkafka settings, with the services' delivery mode.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaVariant {
     pub name: String,
     #[serde(default)]
     pub set: Vec<String>,
+    /// `--delivery` of every service (default: at-least-once).
+    #[serde(default)]
+    pub delivery: Option<String>,
+    /// `--commit-interval-ms` of every service (exactly once).
+    #[serde(default)]
+    pub commit_interval_ms: Option<u64>,
 }
 
 /// One run of a scenario.
@@ -242,6 +248,9 @@ impl Scenario {
         if self.modes.is_empty() {
             bail!("scenario {}: no modes", self.name);
         }
+        if let Some(v) = self.kafka.iter().find(|v| v.delivery.as_deref().is_some_and(|d| !matches!(d, "at-least-once" | "exactly-once"))) {
+            bail!("scenario {}: kafka variant {}: delivery must be at-least-once or exactly-once", self.name, v.name);
+        }
         Ok(())
     }
 
@@ -250,7 +259,7 @@ impl Scenario {
     pub fn runs(&self) -> Vec<RunSpec> {
         let levels = if self.contention.is_empty() { vec![Contention::none()] } else { self.contention.clone() };
         let variants =
-            if self.kafka.is_empty() { vec![KafkaVariant { name: "default".into(), set: vec![] }] } else { self.kafka.clone() };
+            if self.kafka.is_empty() { vec![KafkaVariant { name: "default".into(), ..Default::default() }] } else { self.kafka.clone() };
         let mut out = Vec::new();
         for kafka in &variants {
             for contention in &levels {

@@ -69,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     eprintln!("scenario {}: logs in {}", scn.name, logs.display());
     let run = fault_run::run(&scn, &env, move |line| eprintln!("[{:>5.0} s] {line}", t0.elapsed().as_secs_f64())).await.context("the fault run")?;
-    let verdict = Verdict::new(&run, scn.faults.is_empty());
+    let verdict = Verdict::new(&run, scn.faults.is_empty(), scn.delivery == "exactly-once");
     let out = args.out.join(&scn.name);
     fault_report::write(&out, &scn, &run, &verdict)?;
     println!("{}", verdict.markdown(&scn));

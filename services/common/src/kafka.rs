@@ -1,15 +1,17 @@
 //! Kafka plumbing shared by the services: connection settings and topic names, producers
 //! and consumers tuned for low latency, topic administration, offsets and headers.
 //!
-//! Delivery is at-least-once by construction: consumers never auto-store offsets; a
-//! service stores an offset only once everything it led to is acknowledged by the broker
-//! (see `parm_core::offsets`), and librdkafka commits the stored offsets in the background
-//! and on shutdown or revocation.
+//! At least once (the default), consumers never auto-store offsets; a service stores an
+//! offset only once everything it led to is acknowledged by the broker (see
+//! `parm_core::offsets`), and librdkafka commits the stored offsets in the background and
+//! on shutdown or revocation. Exactly once, offsets go only into the service's Kafka
+//! transactions (see `crate::delivery`). Every consumer reads `read_committed`.
 
 use anyhow::{anyhow, bail, Context as _};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use crate::delivery::Delivery;
 pub use crate::rebalance::{ParmContext, Positions, RebalanceCounter};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -137,7 +139,28 @@ impl KafkaArgs {
         self.producer_with_timeout(timeout_ms.max(1))
     }
 
+    /// A service's producer in exactly-once mode: like [`KafkaArgs::producer`], with
+    /// transactional id `id` (see `crate::delivery`).
+    pub fn transactional_producer(&self, id: &str, transaction_timeout_ms: u64) -> anyhow::Result<FutureProducer> {
+        let mut c = self.producer_config(0);
+        c.set("transactional.id", id)
+            .set("transaction.timeout.ms", transaction_timeout_ms.to_string())
+            // A transaction's next request while the coordinator still completes the last
+            // commit is answered CONCURRENT_TRANSACTIONS; librdkafka retries AddOffsetsToTxn
+            // after retry.backoff.ms (100 by default), which made short commit intervals
+            // stall (benchmarks/README.md, exactly-once).
+            .set("retry.backoff.ms", "10");
+        self.apply_overrides(&mut c);
+        c.create().with_context(|| format!("creating a transactional Kafka producer for {}", self.brokers))
+    }
+
     fn producer_with_timeout(&self, message_timeout_ms: u64) -> anyhow::Result<FutureProducer> {
+        let mut c = self.producer_config(message_timeout_ms);
+        self.apply_overrides(&mut c);
+        c.create().with_context(|| format!("creating a Kafka producer for {}", self.brokers))
+    }
+
+    fn producer_config(&self, message_timeout_ms: u64) -> ClientConfig {
         let mut c = self.base_config();
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -145,25 +168,33 @@ impl KafkaArgs {
             .set("batch.num.messages", "1000")
             .set("compression.type", "none")
             .set("message.timeout.ms", message_timeout_ms.to_string());
-        self.apply_overrides(&mut c);
-        c.create().with_context(|| format!("creating a Kafka producer for {}", self.brokers))
+        c
     }
 
     /// A consumer in `group` that stores offsets only when told to, and commits them in the
     /// background. It reports rebalances through [`RebalanceCounter`], and resumes the
     /// partitions a rebalance gives back where [`Positions`] (`consumer.context()`) says.
     pub fn consumer(&self, group: &str) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
+        self.service_consumer(group, Delivery::AtLeastOnce)
+    }
+
+    /// A service's consumer in `group`. At least once, as [`KafkaArgs::consumer`]. Exactly
+    /// once, offsets are committed only inside transactions (never in the background), and
+    /// every assignment starts at the committed offsets: the service drops its state at
+    /// each rebalance (see `crate::delivery`).
+    pub fn service_consumer(&self, group: &str, delivery: Delivery) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
         let counter = RebalanceCounter::default();
-        let consumer = self.consumer_sharing(group, counter.clone(), Positions::default())?;
+        let consumer = self.consumer_sharing(group, counter.clone(), Positions::default(), delivery)?;
         Ok((consumer, counter))
     }
 
-    /// A consumer like [`KafkaArgs::consumer`] that reports to `counter` and resumes at
-    /// `positions` (those of the consumer it replaces, see [`Rejoin`]).
-    fn consumer_sharing(&self, group: &str, counter: RebalanceCounter, positions: Positions) -> anyhow::Result<StreamConsumer<ParmContext>> {
+    /// A consumer like [`KafkaArgs::service_consumer`] that reports to `counter` and resumes
+    /// at `positions` (those of the consumer it replaces, see [`Rejoin`]).
+    fn consumer_sharing(&self, group: &str, counter: RebalanceCounter, positions: Positions, delivery: Delivery) -> anyhow::Result<StreamConsumer<ParmContext>> {
         let mut c = self.base_config();
+        let auto_commit = delivery == Delivery::AtLeastOnce;
         c.set("group.id", group)
-            .set("enable.auto.commit", "true")
+            .set("enable.auto.commit", auto_commit.to_string())
             .set("auto.commit.interval.ms", "200")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
@@ -183,8 +214,22 @@ impl KafkaArgs {
             c.set("group.instance.id", id);
         }
         self.apply_overrides(&mut c);
-        c.create_with_context(ParmContext { rebalances: counter, positions, group: group.to_string() })
+        c.create_with_context(ParmContext { rebalances: counter, positions, group: group.to_string(), delivery })
             .with_context(|| format!("creating a Kafka consumer in group {group} for {}", self.brokers))
+    }
+
+    /// The transactional id of this instance in `group` (exactly once): stable across
+    /// restarts with `--instance-id`, so a restarted instance fences its predecessor and
+    /// aborts what it left open at once; without one, unique per process, and an instance
+    /// that dies holds back readers of its outputs until --transaction-timeout-ms.
+    pub fn transactional_id(&self, group: &str) -> String {
+        match &self.instance_id {
+            Some(id) => format!("{group}.{id}"),
+            None => {
+                let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+                format!("{group}.parm-{}-{nanos:08x}", std::process::id())
+            }
+        }
     }
 
     pub fn admin(&self) -> anyhow::Result<AdminClient<DefaultClientContext>> {
@@ -227,6 +272,25 @@ pub async fn delivered(f: DeliveryFuture, topic: &str) -> anyhow::Result<(i32, i
         Ok(Ok(d)) => Ok((d.partition, d.offset)),
         Ok(Err((e, _))) => Err(anyhow!("writing to {topic} failed: {e}")),
         Err(_) => Err(anyhow!("writing to {topic}: the producer was dropped")),
+    }
+}
+
+/// Stores `(topic, partition, next offset, metadata)` entries for the next background
+/// commit; the metadata is committed with the offset (see `crate::delivery`).
+pub fn store_offsets_with_metadata<C: ConsumerContext>(consumer: &StreamConsumer<C>, offsets: &[(String, i32, i64, String)]) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, next, metadata) in offsets {
+        let mut e = tpl.add_partition(topic, *partition);
+        if e.set_offset(Offset::Offset(*next)).is_err() {
+            continue;
+        }
+        e.set_metadata(metadata);
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        tracing::debug!(error = %e, "storing offsets (partition probably revoked)");
     }
 }
 
@@ -322,24 +386,62 @@ async fn wait_for_topic(args: &KafkaArgs, topic: &str, want: i32) -> anyhow::Res
     }
 }
 
-/// The number of partitions of a topic (fails if it does not exist).
+/// The number of partitions of a topic (fails if it does not exist, or if the broker
+/// does not answer within 10 s).
 pub async fn partition_count(args: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
-    let args = args.clone();
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = args.base_config().create()?;
-        let md = consumer
-            .fetch_metadata(Some(&topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic} from {}", args.brokers))?;
-        let t = md.topics().first().ok_or_else(|| anyhow!("no metadata for {topic}"))?;
-        if t.error().is_some() || t.partitions().is_empty() {
-            bail!("topic {topic} does not exist: create the topics first with `parm topics create`");
-        }
-        Ok(t.partitions().len() as i32)
-    })
-    .await?
+    partition_count_within(args, topic, Duration::ZERO).await
 }
 
+/// How long a starting service waits for a broker that does not answer (one restarted
+/// while the broker is down, or started before it).
+pub const START_PATIENCE: Duration = Duration::from_secs(300);
+
+/// [`partition_count`], for a starting service: a broker that does not answer is waited
+/// for up to [`START_PATIENCE`]; a topic that does not exist still fails at once.
+pub async fn service_partition_count(args: &KafkaArgs, topic: &str) -> anyhow::Result<i32> {
+    partition_count_within(args, topic, START_PATIENCE).await
+}
+
+async fn partition_count_within(args: &KafkaArgs, topic: &str, patience: Duration) -> anyhow::Result<i32> {
+    let started = tokio::time::Instant::now();
+    let mut attempts = 0u32;
+    loop {
+        let (a, t) = (args.clone(), topic.to_string());
+        match tokio::task::spawn_blocking(move || fetch_partition_count(&a, &t)).await? {
+            Ok(n) => return Ok(n),
+            Err(Fetch::Missing(e)) => return Err(e),
+            Err(Fetch::Unreachable(e)) if started.elapsed() >= patience => return Err(e),
+            Err(Fetch::Unreachable(e)) => {
+                if attempts.is_multiple_of(6) {
+                    tracing::warn!(error = %format!("{e:#}"), "the broker does not answer yet; waiting for it (up to {patience:?})");
+                }
+                attempts = attempts.saturating_add(1);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Why a topic's partition count could not be read.
+enum Fetch {
+    /// No answer from the broker: may heal.
+    Unreachable(anyhow::Error),
+    /// The broker says the topic does not exist.
+    Missing(anyhow::Error),
+}
+
+fn fetch_partition_count(args: &KafkaArgs, topic: &str) -> Result<i32, Fetch> {
+    let consumer: BaseConsumer = args.base_config().create().map_err(|e| Fetch::Missing(e.into()))?;
+    let md = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic} from {}", args.brokers))
+        .map_err(Fetch::Unreachable)?;
+    let t = md.topics().first().ok_or_else(|| Fetch::Unreachable(anyhow!("no metadata for {topic}")))?;
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Err(Fetch::Missing(anyhow!("topic {topic} does not exist: create the topics first with `parm topics create`")));
+    }
+    Ok(t.partitions().len() as i32)
+}
 
 /// A reader of `topic` from its current end, outside any consumer group's offsets: it only
 /// sees what is written from now on (the results a worker can skip, the health reports an
@@ -428,7 +530,7 @@ impl Rejoin {
             );
         }
         tracing::warn!(%service, group = %self.group, times, "the broker fenced this static member (a stale member id after a broker restart or a coordinator move); rejoining with a fresh consumer");
-        let (counter, positions) = (old.context().rebalances.clone(), old.context().positions.clone());
+        let (counter, positions, delivery) = (old.context().rebalances.clone(), old.context().positions.clone(), old.context().delivery);
         let backoff = Duration::from_millis(500 * times as u64).min(Duration::from_secs(5));
         // Closing a fenced consumer talks to no coordinator; and a fenced member has no
         // input to serve while it waits: both off the async threads.
@@ -436,7 +538,7 @@ impl Rejoin {
             drop(old);
             std::thread::sleep(backoff);
         });
-        let fresh = kafka.consumer_sharing(&self.group, counter, positions)?;
+        let fresh = kafka.consumer_sharing(&self.group, counter, positions, delivery)?;
         let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
         fresh.subscribe(&topics).with_context(|| format!("subscribing again to {topics:?}"))?;
         Ok(fresh)

@@ -12,12 +12,14 @@
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and consumer-lag gauges.
 //! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
 //! - [`dead_letter`]: building `parm.dead-letters` records.
+//! - [`delivery`]: at-least-once and exactly-once (Kafka transactions) delivery.
 //! - [`outbox`]: produced batches whose acknowledgement gates offset commits.
 //! - [`service_args`]: the flags every service shares.
 //! - [`shutdown`]: one signal that tells every loop to stop cleanly.
 
 pub mod avro;
 pub mod dead_letter;
+pub mod delivery;
 pub mod kafka;
 pub mod metrics;
 pub mod model;

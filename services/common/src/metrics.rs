@@ -70,6 +70,12 @@ pub const ALL: &[&str] = &[
     names::CONSUMER_LAG,
     names::KAFKA_TROUBLE,
     names::QUARANTINED,
+    names::TRANSACTIONS_COMMITTED,
+    names::TRANSACTIONS_ABORTED,
+    names::TRANSACTION_COMMIT_SECONDS,
+    names::SESSION_RESTARTS,
+    names::DECODER_SUPPRESSED,
+    names::DECODER_RESTORE_SECONDS,
 ];
 
 /// Counts a record whose handler panicked and that was set aside (see `quarantine`).
@@ -113,6 +119,16 @@ pub mod names {
     pub const KAFKA_TROUBLE: &str = "parm_kafka_transient_errors_total";
     /// records whose handler panicked: dead-lettered instead of ending the service
     pub const QUARANTINED: &str = "parm_quarantined_records_total";
+    /// exactly-once: transactions committed and aborted, and how long a commit takes
+    pub const TRANSACTIONS_COMMITTED: &str = "parm_transactions_committed_total";
+    pub const TRANSACTIONS_ABORTED: &str = "parm_transactions_aborted_total";
+    pub const TRANSACTION_COMMIT_SECONDS: &str = "parm_transaction_commit_seconds";
+    /// exactly-once: sessions started afresh after a transaction failure
+    pub const SESSION_RESTARTS: &str = "parm_session_restarts_total";
+    /// answers not written because the query was already answered (a replay)
+    pub const DECODER_SUPPRESSED: &str = "parm_decoder_suppressed_duplicates_total";
+    /// reading back the answers already given when partitions are (re)assigned
+    pub const DECODER_RESTORE_SECONDS: &str = "parm_decoder_restore_seconds";
 }
 
 #[cfg(test)]

@@ -8,6 +8,10 @@
 //! The state built from those partitions (open groups, the decoder's join) stays valid,
 //! so nothing already answered is replayed as new. Partitions that went to another
 //! instance are forgotten, and their new owner replays them from the committed offsets.
+//!
+//! Exactly once (`crate::delivery`), an assignment never resumes at own positions: the
+//! service aborts its open transaction, drops its state and restarts every partition at
+//! its committed offset, which the transactions keep in step with what was written.
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::RDKafkaErrorCode;
@@ -82,6 +86,9 @@ pub struct ParmContext {
     pub(crate) rebalances: RebalanceCounter,
     pub(crate) positions: Positions,
     pub(crate) group: String,
+    /// Exactly once, an assignment never resumes at own positions: the service drops its
+    /// state at every rebalance and restarts from the committed offsets.
+    pub(crate) delivery: crate::delivery::Delivery,
 }
 
 impl ParmContext {
@@ -92,6 +99,17 @@ impl ParmContext {
 }
 
 impl ClientContext for ParmContext {
+    /// rust-rdkafka's own handler, except for the end of a partition: a reader that asks
+    /// for it (`enable.partition.eof`, the decoder's restore) gets it as a message error
+    /// too, and it is no error.
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let eof = matches!(error, rdkafka::error::KafkaError::PartitionEOF(_))
+            || error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF);
+        if !eof {
+            tracing::error!("librdkafka: {error}: {reason}");
+        }
+    }
+
     /// librdkafka's statistics (every `statistics.interval.ms`) carry the consumer lag of
     /// each assigned partition; they arrive on its own thread, off the service loop.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -118,7 +136,8 @@ impl ConsumerContext for ParmContext {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 let mut resumed = Vec::new();
-                for e in tpl.elements() {
+                let resume = self.delivery == crate::delivery::Delivery::AtLeastOnce;
+                for e in tpl.elements().into_iter().filter(|_| resume) {
                     if let Some(next) = self.positions.get(e.topic(), e.partition()) {
                         resumed.push((e.topic().to_string(), e.partition(), next));
                     }

@@ -1,5 +1,7 @@
-//! The flags every service shares: where Kafka is, and where spans and metrics go.
+//! The flags every service shares: where Kafka is, where spans and metrics go, and how
+//! results are delivered.
 
+use crate::delivery::DeliveryArgs;
 use crate::kafka::KafkaArgs;
 use crate::metrics::{self, MetricsArgs};
 use crate::telemetry::{self, TelemetryArgs, TelemetryGuard};
@@ -13,6 +15,8 @@ pub struct ServiceArgs {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
 }
 
 impl ServiceArgs {

@@ -229,6 +229,8 @@ struct Entry<M> {
     origins: Vec<Origin>,
     timer: Option<u64>,
     partition: i32,
+    /// When the join first heard of the group.
+    since: u64,
 }
 
 /// The per-group join of one decoder instance. See the module docs.
@@ -314,7 +316,7 @@ impl<M: Clone> Join<M> {
                 }
             }
             None => {
-                let entry = Entry { state: State::Open(new_group(&spec)), origins: vec![origin], timer: None, partition: origin.partition };
+                let entry = Entry { state: State::Open(new_group(&spec)), origins: vec![origin], timer: None, partition: origin.partition, since: now };
                 self.entries.insert(spec.group_id.clone(), entry);
             }
         }
@@ -330,7 +332,7 @@ impl<M: Clone> Join<M> {
         let entry = self
             .entries
             .entry(group_id.to_string())
-            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(p.hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition });
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(p.hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition, since: now });
         if now < p.deadline_at {
             self.lagging.remove(&p.model_partition);
         }
@@ -401,7 +403,7 @@ impl<M: Clone> Join<M> {
         let entry = self
             .entries
             .entry(group_id.to_string())
-            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition });
+            .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition, since: now });
         match &mut entry.state {
             State::Waiting(w) if w.parity.is_none() => w.parity = Some((members, output)),
             State::Done { .. } => {
@@ -496,6 +498,14 @@ impl<M: Clone> Join<M> {
     /// Offsets that are safe to commit, as `(topic, partition, next offset)`.
     pub fn committable(&self) -> Vec<(u8, i32, i64)> {
         self.offsets.all_committable()
+    }
+
+    /// When the join first heard of the oldest group it still holds (in any state). Every
+    /// answer the join gave for a group it still holds, or for a record after the committed
+    /// offsets, was given at or after this time: a decoder that replays from those offsets
+    /// reads back the answers given since then to know what not to answer again.
+    pub fn oldest_since(&self) -> Option<u64> {
+        self.entries.values().map(|e| e.since).min()
     }
 
     /// Number of groups held in memory: open, waiting for a manifest, or finished and

@@ -13,9 +13,11 @@
 //! - [`grouping`]: the encoder's coding-group builder (k queries or a linger, partitions).
 //! - [`join`]: the decoder's per-group state machine: policies, deadlines, lag awareness,
 //!   exactly one result per query, late-arrival agreement, bounded memory.
+//! - [`answers`]: the answers the decoder gave, so a replay is never answered twice.
 //! - [`offsets`]: which input offsets are safe to commit while groups are still open.
 //! - [`clock`]: the skew between the encoder's clock and this host's, from record stamps.
 
+pub mod answers;
 pub mod clock;
 pub mod decode;
 pub mod encode;

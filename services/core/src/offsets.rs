@@ -64,6 +64,11 @@ impl OffsetTracker {
         Some(st.held.keys().next().copied().unwrap_or(st.next).min(st.next))
     }
 
+    /// One past the newest offset observed of a partition.
+    pub fn observed_next(&self, topic: u8, partition: i32) -> Option<i64> {
+        self.parts.get(&(topic, partition)).map(|st| st.next)
+    }
+
     /// Committable offsets of every partition seen, as `(topic, partition, offset)`.
     pub fn all_committable(&self) -> Vec<(u8, i32, i64)> {
         let mut out: Vec<_> = self

@@ -47,6 +47,13 @@ impl DecoderArgs {
         self.group.clone().unwrap_or_else(|| format!("{}-decoder", self.common.kafka.topic_prefix))
     }
 
+    /// How long the decoder remembers an answer it gave: the longest a replayed input can
+    /// trail its answer (a deadline is clamped to --max-deadline-ms; a group is kept the
+    /// late linger after it; clocks may differ by the skew allowed).
+    pub fn answers_keep_ms(&self) -> u64 {
+        self.max_deadline_ms.saturating_add(self.late_linger_ms).saturating_add(self.max_clock_skew_ms)
+    }
+
     pub fn join_config(&self) -> JoinConfig {
         JoinConfig { policy: self.policy, lag_awareness: !self.no_lag_awareness, late_linger_ms: self.late_linger_ms, max_groups: self.max_groups }
     }

@@ -16,12 +16,14 @@
 //! - [`intake`]: the one total check of each input record kind (fuzzed).
 //! - [`links`]: the span contexts of each group's predictions, for trace links.
 //! - [`catch_up`]: when a (re)started decoder has replayed its backlog.
+//! - [`restore`]: reading back the answers already given, so a replay is not answered twice.
 //! - [`service`]: the consume–join–produce loop.
 
 pub mod catch_up;
 pub mod config;
 pub mod intake;
 pub mod links;
+pub mod restore;
 pub mod service;
 
 pub use config::DecoderArgs;

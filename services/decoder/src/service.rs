@@ -4,9 +4,11 @@ use crate::catch_up::CatchUp;
 use crate::config::DecoderArgs;
 use crate::intake::{self, QueryMeta, Refusal};
 use crate::links::GroupLinks;
+use crate::restore::restore;
 use opentelemetry::trace::TraceContextExt;
 use opentelemetry::Context;
-use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
+use parm_common::delivery::{self, metadata_field, Transactions};
+use parm_common::kafka::{self, store_offsets_with_metadata, ParmContext, Topics};
 use parm_common::metrics::names;
 use parm_common::outbox::Outbox;
 use parm_common::records::{QueryResult, ResultSource};
@@ -14,6 +16,7 @@ use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
 use parm_common::{avro, dead_letter, now_ms, trouble};
+use parm_core::answers::Answers;
 use parm_core::clock::ClockSkew;
 use parm_core::join::Event;
 use parm_core::offsets::Origin;
@@ -21,7 +24,9 @@ use parm_core::{top1, Join, Source};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SERVICE: &str = "decoder";
@@ -30,6 +35,8 @@ const SKEW_WINDOW_MS: u64 = 60_000;
 const GROUPS: u8 = 0;
 const PREDICTIONS: u8 = 1;
 const PARITY: u8 = 2;
+/// The commit metadata field that says from when to read back answers (see `restore`).
+const RESTORE_FROM: &str = "restore_from";
 
 /// `(first result batch not covered, committable (topic, partition, next offset)s)`: see
 /// `Decoder::snapshots`.
@@ -52,15 +59,28 @@ struct Decoder {
     late_agreed: u64,
     /// How far this clock is from the encoder's, for its deadlines.
     skew: ClockSkew,
+    /// Every answer given lately (restored from the results topic on assignment): a
+    /// replayed query is not answered twice.
+    answers: Answers,
+    /// Answers not written because they were given already.
+    suppressed: u64,
+    /// Exactly-once: the open transaction.
+    txn: Option<Transactions>,
 }
 
-/// Runs the decoder until `shutdown` fires or a write fails.
-pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
+/// Runs the decoder until `shutdown` fires or a write fails (exactly-once: a failed
+/// transaction starts a fresh session, see `parm_common::delivery`).
+pub async fn run(args: DecoderArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let delivery = args.common.delivery.delivery;
+    delivery::supervise(SERVICE, delivery, shutdown, |shutdown, started| session(args.clone(), shutdown, started)).await
+}
+
+async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
     let topics = args.common.kafka.topics();
     let counts = [
-        kafka::partition_count(&args.common.kafka, &topics.groups).await?,
-        kafka::partition_count(&args.common.kafka, &topics.predictions).await?,
-        kafka::partition_count(&args.common.kafka, &topics.parity_predictions).await?,
+        kafka::service_partition_count(&args.common.kafka, &topics.groups).await?,
+        kafka::service_partition_count(&args.common.kafka, &topics.predictions).await?,
+        kafka::service_partition_count(&args.common.kafka, &topics.parity_predictions).await?,
     ];
     if counts.iter().any(|c| *c != counts[0]) {
         anyhow::bail!(
@@ -68,14 +88,19 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.groups, topics.predictions, topics.parity_predictions, counts
         );
     }
-    let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
+    let delivery = args.common.delivery.clone();
+    let (producer, txn) = delivery::service_producer(&args.common.kafka, &delivery, &args.group_name())?;
+    let (mut consumer, rebalances) = args.common.kafka.service_consumer(&args.group_name(), delivery.delivery)?;
     consumer.subscribe(&[&topics.groups, &topics.predictions, &topics.parity_predictions])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.groups, &topics.predictions, &topics.parity_predictions]);
     let mut d = Decoder {
         group: args.group_name(),
-        producer: args.common.kafka.producer()?,
+        producer,
         join: Join::new(args.join_config()),
         skew: ClockSkew::new(SKEW_WINDOW_MS, args.max_clock_skew_ms),
+        answers: Answers::new(args.answers_keep_ms()),
+        suppressed: 0,
+        txn,
         args,
         topics,
         links: GroupLinks::default(),
@@ -85,21 +110,29 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         late: 0,
         late_agreed: 0,
     };
-    tracing::info!(policy = %d.args.policy, lag_awareness = !d.args.no_lag_awareness, "decoder started");
+    tracing::info!(policy = %d.args.policy, lag_awareness = !d.args.no_lag_awareness, delivery = %delivery.delivery, "decoder started");
+    started.store(true, Ordering::SeqCst);
     let mut generation = rebalances.get();
     let mut last_store = Instant::now();
     loop {
         if rejoin.pending() {
             consumer = rejoin.rejoin(&d.args.common.kafka, consumer, SERVICE)?;
         }
+        // A rebalance shows in the counter during a poll, with or without a message.
+        if rebalances.get() != generation {
+            generation = rebalances.get();
+            d.on_reassigned(&consumer).await?;
+        }
         let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
         let wait = timer.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
+        let commit_due = d.txn.as_ref().filter(|t| t.has_sends(&d.outbox)).map(|t| t.due_at());
         tokio::select! {
             _ = shutdown.wait() => break,
             done = d.outbox.next_done() => done?,
             _ = tokio::time::sleep(wait.unwrap_or(Duration::ZERO)), if wait.is_some() => {
                 d.join.handle_timeout(now_ms());
             }
+            _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()), if commit_due.is_some() => {}
             msg = consumer.recv() => {
                 let msg = match msg {
                     Ok(m) => m,
@@ -111,7 +144,7 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
                 };
                 if rebalances.get() != generation {
                     generation = rebalances.get();
-                    d.on_reassigned(&consumer);
+                    d.on_reassigned(&consumer).await?;
                 }
                 kafka::consumed(&consumer, &msg);
                 d.on_message(&msg).await?;
@@ -124,43 +157,102 @@ pub async fn run(args: DecoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         }
         d.flush_events().await?;
         if last_store.elapsed() >= Duration::from_millis(20) {
-            d.store(&consumer);
-            // Gauges that scan the join's state: refreshed with the offsets, not per message.
+            if d.txn.is_none() {
+                d.store(&consumer);
+            }
+            // Gauges that scan the join's state: refreshed every 20 ms, not per message.
             metrics::gauge!(names::DECODER_OPEN_GROUPS).set(d.join.open_groups() as f64);
             metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(d.join.lagging_partitions().len() as f64);
             last_store = Instant::now();
         }
+        if d.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+            d.commit(&consumer, &rebalances, generation).await?;
+        }
     }
-    d.outbox.drain().await?;
-    d.store(&consumer);
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
-    tracing::info!(open_groups = d.join.len(), "decoder stopped");
+    if d.txn.is_some() {
+        d.commit(&consumer, &rebalances, generation).await?;
+    } else {
+        d.outbox.drain().await?;
+        d.store(&consumer);
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    }
+    tracing::info!(open_groups = d.join.len(), suppressed = d.suppressed, "decoder stopped");
     Ok(())
 }
 
 impl Decoder {
-    /// After a rebalance: the groups of partitions given back stay (they resume where this
-    /// decoder left off, see `parm_common::rebalance`), so nothing already answered is
-    /// answered again; the groups of partitions that went elsewhere are forgotten; and the
-    /// partitions taken over from elsewhere are replayed from their committed offsets up
-    /// to their current end before deadlines act.
-    fn on_reassigned(&mut self, consumer: &StreamConsumer<ParmContext>) {
+    /// After a rebalance. At least once: the groups of partitions given back stay (they
+    /// resume where this decoder left off, see `parm_common::rebalance`), so nothing
+    /// already answered is answered again; the groups of partitions that went elsewhere are
+    /// forgotten. Exactly once: the open transaction is aborted and all state goes, since
+    /// every partition restarts at its committed offset. Either way, the partitions that
+    /// start from their committed offsets first get the answers already given read back
+    /// (see `crate::restore`), and are replayed up to their current end before deadlines
+    /// act.
+    async fn on_reassigned(&mut self, consumer: &StreamConsumer<ParmContext>) -> anyhow::Result<()> {
         let r = kafka::reassigned(consumer);
-        let dropped: std::collections::BTreeSet<i32> = r.dropped.iter().map(|(_, p)| *p).collect();
-        for p in dropped {
-            self.join.forget_partition(p, &[GROUPS, PREDICTIONS, PARITY]);
+        let fresh: HashSet<(String, i32)> = match self.txn.as_mut() {
+            Some(txn) => {
+                txn.abort(&self.outbox)?;
+                self.join = Join::new(self.args.join_config());
+                self.links = GroupLinks::default();
+                self.outbox = Outbox::new();
+                self.snapshots.clear();
+                self.answers.clear();
+                consumer.context().positions().retain(&HashSet::new());
+                r.assigned.clone()
+            }
+            None => {
+                let dropped: std::collections::BTreeSet<i32> = r.dropped.iter().map(|(_, p)| *p).collect();
+                for p in dropped {
+                    self.join.forget_partition(p, &[GROUPS, PREDICTIONS, PARITY]);
+                }
+                r.assigned.difference(&r.resumed).cloned().collect()
+            }
+        };
+        if fresh.is_empty() {
+            return Ok(()); // everything resumes where it was: nothing to replay
         }
-        if r.resumed.len() == r.assigned.len() {
-            return; // everything resumes where it was: nothing to replay
-        }
+        let from_ms = self.restore_from(consumer, &fresh)?;
+        restore(&self.args.common.kafka, &self.topics.results, from_ms, &mut self.answers).await?;
         let started = Instant::now();
         let targets: HashMap<(String, i32), i64> =
-            tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| !r.resumed.contains(k)).collect();
+            tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| fresh.contains(k)).collect();
         if targets.is_empty() {
-            return;
+            return Ok(());
         }
         tracing::info!(partitions = targets.len(), took_ms = started.elapsed().as_millis() as u64, "replaying the backlog before deadlines act");
         self.catch_up = Some(CatchUp::new(targets, Instant::now() + Duration::from_millis(self.args.catch_up_ms)));
+        Ok(())
+    }
+
+    /// From when the answers must be read back before `fresh` partitions are replayed: the
+    /// earliest `restore_from` committed with their offsets; without one (offsets
+    /// committed by an older parm), the longest a group can live; without any committed
+    /// offset, everything (the partitions are replayed from their beginning).
+    fn restore_from(&self, consumer: &StreamConsumer<ParmContext>, fresh: &HashSet<(String, i32)>) -> anyhow::Result<i64> {
+        let committed = delivery::committed_metadata(consumer)?;
+        let mut from = i64::MAX;
+        for (topic, partition, offset, metadata) in committed.iter().filter(|(t, p, ..)| fresh.contains(&(t.clone(), *p))) {
+            let at = match (offset, metadata_field(metadata, RESTORE_FROM)) {
+                (None, _) => 0,
+                (Some(_), Some(at)) => at,
+                (Some(_), None) => {
+                    tracing::debug!(%topic, partition, "committed offset without restore_from: reading back the longest a group can live");
+                    now_ms() as i64 - self.args.answers_keep_ms() as i64
+                }
+            };
+            from = from.min(at);
+        }
+        Ok(if from == i64::MAX { now_ms() as i64 } else { from })
+    }
+
+    /// The `restore_from` to commit with the offsets now (see `crate::restore`).
+    fn restore_from_now(&self) -> String {
+        let now = now_ms();
+        let oldest = self.join.oldest_since().unwrap_or(now).min(now);
+        let at = oldest.saturating_sub(self.args.late_linger_ms.saturating_add(self.args.max_clock_skew_ms));
+        format!("{RESTORE_FROM}={at}")
     }
 
     async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
@@ -224,6 +316,13 @@ impl Decoder {
         while let Some(event) = self.join.poll_event() {
             match event {
                 Event::Result(e) => {
+                    if !self.answers.record(&e.query_id, e.meta.sent_at_ms, now_ms()) {
+                        // Answered already (a replay after a crash or a rebalance).
+                        self.suppressed += 1;
+                        metrics::counter!(names::DECODER_SUPPRESSED).increment(1);
+                        tracing::debug!(query_id = %e.query_id, "not answering again a query already answered");
+                        continue;
+                    }
                     let source = ResultSource::from(e.source);
                     let result = QueryResult {
                         query_id: e.query_id.clone(),
@@ -278,7 +377,7 @@ impl Decoder {
         Ok(())
     }
 
-    /// Stores the newest offsets whose results are all acknowledged.
+    /// Stores the newest offsets whose results are all acknowledged (at least once).
     fn store(&mut self, consumer: &StreamConsumer<ParmContext>) {
         self.snapshots.push_back((self.outbox.next_seq(), self.join.committable()));
         let acked = self.outbox.acked_before();
@@ -287,9 +386,28 @@ impl Decoder {
             safe = self.snapshots.pop_front().map(|(_, s)| s);
         }
         let Some(offsets) = safe else { return };
+        store_offsets_with_metadata(consumer, &self.with_names(offsets));
+    }
+
+    /// Commits the open transaction with the join's offsets (exactly once). A rebalance
+    /// not yet handled must not commit: the state it would commit for is gone.
+    async fn commit(&mut self, consumer: &StreamConsumer<ParmContext>, rebalances: &kafka::RebalanceCounter, generation: u64) -> anyhow::Result<()> {
+        let Some(txn) = self.txn.as_mut() else { return Ok(()) };
+        txn.flush(&mut self.outbox).await?;
+        if rebalances.get() != generation {
+            return Ok(()); // the next message handles the rebalance (and aborts)
+        }
+        let offsets = self.with_names(self.join.committable());
+        if let Some(txn) = self.txn.as_mut() {
+            txn.commit(consumer, &self.outbox, offsets)?;
+        }
+        Ok(())
+    }
+
+    fn with_names(&self, offsets: Vec<(u8, i32, i64)>) -> Vec<(String, i32, i64, String)> {
         let names = [&self.topics.groups, &self.topics.predictions, &self.topics.parity_predictions];
-        let offsets: Vec<_> = offsets.into_iter().map(|(t, p, o)| (names[t as usize].clone(), p, o)).collect();
-        store_offsets(consumer, &offsets);
+        let metadata = self.restore_from_now();
+        offsets.into_iter().map(|(t, p, o)| (names[usize::from(t).min(2)].clone(), p, o, metadata.clone())).collect()
     }
 }
 

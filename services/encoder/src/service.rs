@@ -4,7 +4,8 @@ use crate::config::{CodingPlan, EncoderArgs};
 use crate::intake::{self, Admitted, Limits};
 use crate::health::{HealthView, ParityLog, SentParity};
 use opentelemetry::Context;
-use parm_common::kafka::{self, partition_count, store_offsets, Topics};
+use parm_common::delivery::{self, metadata_field, Transactions};
+use parm_common::kafka::{self, store_offsets, RebalanceCounter, Topics};
 use parm_common::metrics::{names, Tally};
 use parm_common::outbox::Outbox;
 use parm_common::records::{GroupManifest, GroupMember, MemberQuery, ParityQuery, Query, WireTensor, WorkerHealth};
@@ -19,9 +20,15 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use anyhow::Context as _;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const SERVICE: &str = "encoder";
+/// The commit metadata field (exactly once) that says up to which input offset every
+/// record's member query or dead letter is already committed.
+const SENT: &str = "sent";
 
 /// A query that passed validation and was sent to its model worker, waiting in an open
 /// group for its parity query and manifest.
@@ -33,8 +40,9 @@ struct Accepted {
     /// The query as the manifest will describe it.
     member: GroupMember,
     /// The acknowledgement of its member query; the input offset is released only once
-    /// this and the group's parity query and manifest are written.
-    delivery: DeliveryFuture,
+    /// this and the group's parity query and manifest are written. None when the member
+    /// query was committed before (exactly once, replaying an open group).
+    delivery: Option<DeliveryFuture>,
 }
 
 struct Encoder {
@@ -56,16 +64,27 @@ struct Encoder {
     health: Option<(HealthView, ParityLog<OwnedHeaders>)>,
     /// Groups sent by kind (full, partial, solo) and parity queries sent again.
     counts: Tally,
+    /// Exactly-once: the open transaction.
+    txn: Option<Transactions>,
+    /// Exactly-once, per input partition: offsets below this had their member query or
+    /// dead letter committed already (the open group a restart replays).
+    sent: HashMap<i32, i64>,
 }
 
 /// Runs the encoder until `shutdown` fires or a write fails (then it returns the error
-/// without committing past the unwritten queries, so a restart replays them).
-pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()> {
+/// without committing past the unwritten queries, so a restart replays them; exactly once,
+/// a failed transaction starts a fresh session, see `parm_common::delivery`).
+pub async fn run(args: EncoderArgs, shutdown: Shutdown) -> anyhow::Result<()> {
+    let delivery = args.common.delivery.delivery;
+    delivery::supervise(SERVICE, delivery, shutdown, |shutdown, started| session(args.clone(), shutdown, started)).await
+}
+
+async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
     let parity_model = args.parity_identity()?;
     let limits = args.limits()?;
     let topics = args.common.kafka.topics();
-    let model_partitions = partition_count(&args.common.kafka, &topics.model_queries).await?;
+    let model_partitions = kafka::service_partition_count(&args.common.kafka, &topics.model_queries).await?;
     if (model_partitions as usize) < plan.k {
         anyhow::bail!(
             "{} has {model_partitions} partitions but k = {}: the members of a group need distinct model workers; \
@@ -73,10 +92,11 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
             topics.model_queries, plan.k
         );
     }
-    let parity_partitions = partition_count(&args.common.kafka, &topics.parity_queries).await?;
-    let decoder_partitions = partition_count(&args.common.kafka, &topics.groups).await?;
-    let producer = args.common.kafka.producer()?;
-    let (mut consumer, rebalances) = args.common.kafka.consumer(&args.group_name())?;
+    let parity_partitions = kafka::service_partition_count(&args.common.kafka, &topics.parity_queries).await?;
+    let decoder_partitions = kafka::service_partition_count(&args.common.kafka, &topics.groups).await?;
+    let delivery = args.common.delivery.clone();
+    let (producer, txn) = delivery::service_producer(&args.common.kafka, &delivery, &args.group_name())?;
+    let (mut consumer, rebalances) = args.common.kafka.service_consumer(&args.group_name(), delivery.delivery)?;
     consumer.subscribe(&[&topics.queries])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.queries]);
     let health_reader = if args.route_by_health {
@@ -105,17 +125,27 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
         outbox: Outbox::new(),
         health: health_reader.is_some().then(|| (HealthView::default(), ParityLog::new(resend_window_ms))),
         counts: Default::default(),
+        txn,
+        sent: HashMap::new(),
     };
+    started.store(true, Ordering::SeqCst);
     let mut generation = rebalances.get();
-    let mut last_store = std::time::Instant::now();
+    let mut last_store = Instant::now();
     loop {
         if rejoin.pending() {
             consumer = rejoin.rejoin(&enc.args.common.kafka, consumer, SERVICE)?;
         }
+        // A rebalance shows in the counter during a poll, with or without a message.
+        if rebalances.get() != generation {
+            generation = rebalances.get();
+            enc.on_reassigned(&consumer).await?;
+        }
         let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
+        let commit_due = enc.txn.as_ref().filter(|t| t.has_sends(&enc.outbox)).map(|t| t.due_at());
         tokio::select! {
             _ = shutdown.wait() => break,
             done = enc.outbox.next_done() => done?,
+            _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()), if commit_due.is_some() => {}
             _ = tokio::time::sleep(Duration::from_millis(linger.unwrap_or(0))), if linger.is_some() => {
                 for g in enc.builder.poll_expired(now_ms()) {
                     enc.send_group(g, false).await?;
@@ -137,23 +167,30 @@ pub async fn run(args: EncoderArgs, mut shutdown: Shutdown) -> anyhow::Result<()
                 };
                 if rebalances.get() != generation {
                     generation = rebalances.get();
-                    enc.on_reassigned(&kafka::reassigned(&consumer)).await?;
+                    enc.on_reassigned(&consumer).await?;
                 }
                 kafka::consumed(&consumer, &msg);
                 enc.on_message(&msg).await?;
             }
         }
-        if last_store.elapsed() >= Duration::from_millis(20) {
+        if enc.txn.is_none() && last_store.elapsed() >= Duration::from_millis(20) {
             store(&consumer, &enc);
-            last_store = std::time::Instant::now();
+            last_store = Instant::now();
+        }
+        if enc.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+            enc.commit(&consumer, &rebalances, generation).await?;
         }
     }
     for g in enc.builder.flush() {
         enc.send_group(g, false).await?;
     }
-    enc.outbox.drain().await?;
-    store(&consumer, &enc);
-    let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    if enc.txn.is_some() {
+        enc.commit(&consumer, &rebalances, generation).await?;
+    } else {
+        enc.outbox.drain().await?;
+        store(&consumer, &enc);
+        let _ = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync);
+    }
     tracing::info!(counts = ?enc.counts, "encoder stopped");
     Ok(())
 }
@@ -169,6 +206,7 @@ async fn next_report(reader: Option<&StreamConsumer<kafka::ParmContext>>) -> any
     }
 }
 
+/// Stores the offsets whose outputs are acknowledged (at least once).
 fn store(consumer: &StreamConsumer<kafka::ParmContext>, enc: &Encoder) {
     let offsets: Vec<_> = enc
         .outbox
@@ -181,12 +219,30 @@ fn store(consumer: &StreamConsumer<kafka::ParmContext>, enc: &Encoder) {
 }
 
 impl Encoder {
-    /// After a rebalance: a partition given back resumes where this encoder left off (see
-    /// `parm_common::rebalance`), so its open group stays; the open group of a partition
-    /// now owned by another encoder is closed and sent as it is (its members were sent
-    /// already, and the decoder needs the manifest), and its input holds are dropped: the
-    /// new owner replays from the committed offset.
-    async fn on_reassigned(&mut self, r: &kafka::Reassignment) -> anyhow::Result<()> {
+    /// After a rebalance. At least once: a partition given back resumes where this encoder
+    /// left off (see `parm_common::rebalance`), so its open group stays; the open group of
+    /// a partition now owned by another encoder is closed and sent as it is (its members
+    /// were sent already, and the decoder needs the manifest), and its input holds are
+    /// dropped: the new owner replays from the committed offset. Exactly once: the open
+    /// transaction is aborted and every open group goes; every partition restarts at its
+    /// committed offset, the first of its open group, whose members' queries are not sent
+    /// again where the commit says they are in (`sent`).
+    async fn on_reassigned(&mut self, consumer: &StreamConsumer<kafka::ParmContext>) -> anyhow::Result<()> {
+        let r = kafka::reassigned(consumer);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.abort(&self.outbox)?;
+            self.builder = GroupBuilder::new(self.plan.k, self.args.linger_ms);
+            self.outbox = Outbox::new();
+            if let Some((_, log)) = self.health.as_mut() {
+                *log = ParityLog::new(self.args.resend_window_ms);
+            }
+            consumer.context().positions().retain(&HashSet::new());
+            self.sent = delivery::committed_metadata(consumer)?
+                .into_iter()
+                .filter_map(|(_, partition, _, metadata)| metadata_field(&metadata, SENT).map(|sent| (partition, sent)))
+                .collect();
+            return Ok(());
+        }
         for (_, partition) in &r.dropped {
             if let Some(g) = self.builder.close_now(*partition) {
                 self.send_group(g, false).await?;
@@ -194,6 +250,32 @@ impl Encoder {
             self.outbox.tracker.forget(0, *partition);
         }
         Ok(())
+    }
+
+    /// Commits the open transaction with the input offsets (exactly once); each carries
+    /// how far this encoder has sent member queries, so that a restart does not send the
+    /// open group's members again.
+    async fn commit(&mut self, consumer: &StreamConsumer<kafka::ParmContext>, rebalances: &RebalanceCounter, generation: u64) -> anyhow::Result<()> {
+        let Some(txn) = self.txn.as_mut() else { return Ok(()) };
+        txn.flush(&mut self.outbox).await?;
+        if rebalances.get() != generation {
+            return Ok(()); // the next message handles the rebalance (and aborts)
+        }
+        let tracker = &self.outbox.tracker;
+        let offsets = tracker
+            .all_committable()
+            .into_iter()
+            .map(|(_, p, o)| {
+                let sent = tracker.observed_next(0, p).unwrap_or(o).max(self.sent.get(&p).copied().unwrap_or(0));
+                (self.topics.queries.clone(), p, o, format!("{SENT}={sent}"))
+            })
+            .collect();
+        txn.commit(consumer, &self.outbox, offsets)
+    }
+
+    /// Whether this input record's member query or dead letter is committed already.
+    fn already_sent(&self, partition: i32, offset: i64) -> bool {
+        self.sent.get(&partition).is_some_and(|sent| offset < *sent)
     }
 
     async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
@@ -224,6 +306,9 @@ impl Encoder {
                 if let Some(g) = closed {
                     self.send_group(g, solo).await?;
                 }
+            }
+            Err(_) if self.already_sent(msg.partition(), msg.offset()) => {
+                self.outbox.push(vec![origin], Vec::new()); // its dead letter is committed
             }
             Err((query_id, reason)) => {
                 let letter = dead_letter::for_message(SERVICE, msg, query_id, reason);
@@ -308,7 +393,11 @@ impl Encoder {
             deadline_at_ms: deadline_at,
             hard_deadline_at_ms: hard_deadline_at,
         };
-        let delivery = kafka::send(&self.producer, &self.topics.model_queries, Some(model_partition), &record.query_id, &avro::encode(&record)?, telemetry::inject(&send_cx)).await?;
+        let delivery = if self.already_sent(partition, offset) {
+            None
+        } else {
+            Some(kafka::send(&self.producer, &self.topics.model_queries, Some(model_partition), &record.query_id, &avro::encode(&record)?, telemetry::inject(&send_cx)).await?)
+        };
         let member = GroupMember {
             query_id: record.query_id,
             index: record.index,
@@ -352,7 +441,9 @@ impl Encoder {
             let a = pending.query;
             origins.push(a.origin);
             manifest_members.push(a.member);
-            sends.push((a.delivery, self.topics.model_queries.clone()));
+            if let Some(d) = a.delivery {
+                sends.push((d, self.topics.model_queries.clone()));
+            }
         }
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
 

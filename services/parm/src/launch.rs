@@ -34,6 +34,9 @@ pub struct DeploymentSpec {
     /// Extra flags for parity worker number i only.
     pub per_parity_worker_args: Vec<(usize, Vec<String>)>,
     pub otlp_endpoint: Option<String>,
+    /// Environment for every service, e.g. `PARM_DELIVERY=exactly-once` (the same
+    /// delivery mode on every service of a deployment).
+    pub service_env: Vec<(String, String)>,
     pub log_dir: PathBuf,
 }
 
@@ -52,6 +55,7 @@ impl DeploymentSpec {
             per_model_worker_args: vec![],
             per_parity_worker_args: vec![],
             otlp_endpoint: None,
+            service_env: vec![],
             log_dir: std::env::temp_dir().join("parm-logs").join(prefix),
         }
     }
@@ -118,6 +122,7 @@ impl Deployment {
         if let Some(e) = &self.spec.otlp_endpoint {
             c.env("PARM_OTLP_ENDPOINT", e);
         }
+        c.envs(self.spec.service_env.iter().map(|(k, v)| (k, v)));
         Ok(c)
     }
 

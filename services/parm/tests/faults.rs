@@ -145,3 +145,100 @@ async fn a_parity_worker_on_another_parity_model_is_refused_not_served() {
         assert!(d.reason.contains("same parity model"), "{test}: {}", d.reason);
     }
 }
+
+/// Exactly once (`--delivery exactly-once` on every service): a stream salted with
+/// hostile records runs through a SIGKILL and restart of a model worker, the parity worker,
+/// the decoder and the encoder, and a 10 s broker stop. A `read_committed` client sees
+/// every valid query answered exactly once, and every hostile record dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_every_query_gets_one_result_through_kills_and_a_broker_restart() {
+    // Ports of its own: the broker-restart test above may run at the same time.
+    let broker = tokio::task::block_in_place(|| Cluster::start(OWN_BROKER_PORT + 200, 1)).expect("starting a broker of this test's own");
+    let mut p = Pipeline::start_on(&broker.bootstrap, "eos", 2, 1, |s| {
+        s.service_env.push(("PARM_DELIVERY".into(), "exactly-once".into()));
+        // Answers must come from the model or a reconstruction, not a passed deadline,
+        // whatever a restart costs.
+        let hard = "90000".to_string();
+        s.encoder_args.extend(["--hard-deadline-ms".to_string(), hard.clone(), "--max-deadline-ms".to_string(), hard.clone()]);
+        s.decoder_args.extend(["--max-deadline-ms".to_string(), hard]);
+    })
+    .await;
+    let data = mnist();
+    let mut stream = SaltedStream::default();
+    stream.phase(&p, "warm").await;
+    for service in ["model-worker-0", "parity-worker-0", "decoder-0", "encoder"] {
+        stream.phase(&p, &format!("before-{service}")).await;
+        p.deployment.kill(service).expect("SIGKILL");
+        stream.phase(&p, &format!("during-{service}")).await;
+        p.deployment.restart(service).expect("restart");
+    }
+    tokio::task::block_in_place(|| broker.stop_all()).expect("stopping the broker");
+    let mut pending = Vec::new();
+    for i in 0..10 {
+        let id = format!("outage-{i}");
+        let (f, _) = p.client.enqueue(&id, &data.images[500 + i], None).await.expect("queued while the broker is down");
+        pending.push(f);
+        stream.sent.insert(id, 500 + i);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tokio::task::block_in_place(|| broker.start_all()).expect("starting the broker again");
+    for f in pending {
+        parm_common::kafka::delivered(f, "queries").await.expect("a query queued during the outage is delivered after it");
+    }
+    stream.phase(&p, "after").await;
+    let SaltedStream { sent, hostile: hostile_sent, .. } = stream;
+
+    let (results, duplicates) = p.results_for(&sent, Duration::from_secs(180)).await;
+    // Nothing more comes: no query is answered twice.
+    let extra = p.client.collect(&["never".to_string()].into(), Duration::from_secs(5)).await.unwrap();
+    let repeated = extra.iter().filter(|r| sent.contains_key(&r.result.query_id)).count();
+    eprintln!(
+        "exactly once through kills and a broker restart: {} results for {} queries, {duplicates} + {repeated} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
+        results.len(),
+        sent.len(),
+        count(&results, ResultSource::Model),
+        count(&results, ResultSource::Reconstructed),
+        count(&results, ResultSource::Unavailable)
+    );
+    assert_eq!(duplicates + repeated, 0, "exactly one result per query (logs in {})", p.deployment.spec.log_dir.display());
+    for (id, idx) in &sent {
+        let r = &results[id].result;
+        if r.source == ResultSource::Model {
+            assert_eq!(r.top1, Some(top1_of_f(&data.images[*idx])), "{id}");
+        }
+    }
+    let letters = p.dead_letters(hostile_sent.len(), Duration::from_secs(60)).await;
+    for h in &hostile_sent {
+        let d = letters.get(&h.key).unwrap_or_else(|| panic!("no dead letter for {}; got {:?}", h.key, letters.keys()));
+        assert!(d.reason.contains(h.reason), "{}: reason '{}' should mention '{}'", h.key, d.reason, h.reason);
+    }
+    tokio::task::block_in_place(|| p.deployment.check_alive()).expect("every service rode out the faults");
+}
+
+/// Valid queries with hostile records among them, sent in phases.
+#[derive(Default)]
+struct SaltedStream {
+    sent: HashMap<String, usize>,
+    hostile: Vec<Hostile>,
+    n: usize,
+}
+
+impl SaltedStream {
+    /// Sends 20 valid queries at 40/s as `{tag}-{i}`, with one hostile record (each kind
+    /// in turn) among them.
+    async fn phase(&mut self, p: &Pipeline, tag: &str) {
+        let kinds = hostile::every_kind(tag);
+        let h = kinds[self.hostile.len() % kinds.len()].clone();
+        for j in 0..20 {
+            if j == 10 {
+                p.client.send_raw(&h.key, &h.payload).await.expect("sending a hostile record");
+            }
+            let (id, i) = (format!("{tag}-{}", self.n), self.n);
+            self.n += 1;
+            p.client.send(&id, &mnist().images[i], None).await.expect("sending a query");
+            self.sent.insert(id, i);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        self.hostile.push(h);
+    }
+}

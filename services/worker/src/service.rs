@@ -8,7 +8,8 @@ use crate::health::HealthReporter;
 use crate::inference::run_guarded;
 use crate::intake::{self, Admitted, Expect, Refusal};
 use opentelemetry::{Context, KeyValue};
-use parm_common::kafka::{self, store_offsets, ParmContext, Topics};
+use parm_common::delivery::{self, Transactions};
+use parm_common::kafka::{self, store_offsets, ParmContext, RebalanceCounter, Topics};
 use parm_common::metrics::{names, Tally};
 use parm_common::model::{resolve, Model};
 use parm_common::outbox::Outbox;
@@ -23,6 +24,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use anyhow::Context as _;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,12 +55,24 @@ struct Worker {
     expect: Expect,
     /// Queries run and skipped (by reason).
     counts: Tally,
+    /// Exactly-once: the open transaction.
+    txn: Option<Transactions>,
 }
 
-/// Runs a worker of `role` until `shutdown` fires or a write fails.
-pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow::Result<()> {
+/// Runs a worker of `role` until `shutdown` fires or a write fails (exactly-once: a failed
+/// transaction starts a fresh session, see `parm_common::delivery`).
+pub async fn run(args: WorkerArgs, role: Role, shutdown: Shutdown) -> anyhow::Result<()> {
     let model_path = resolve(&args.model_name(role));
     let model = tokio::task::spawn_blocking(move || Model::load(&model_path)).await??;
+    let service = match role {
+        Role::Model => "model-worker",
+        Role::Parity => "parity-worker",
+    };
+    let delivery = args.common.delivery.delivery;
+    delivery::supervise(service, delivery, shutdown, |shutdown, started| session(args.clone(), role, model.clone(), shutdown, started)).await
+}
+
+async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
     let want = match role {
         Role::Model => "base",
         Role::Parity => "parity",
@@ -70,18 +85,21 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         Role::Model => (topics.model_queries.clone(), topics.predictions.clone()),
         Role::Parity => (topics.parity_queries.clone(), topics.parity_predictions.clone()),
     };
-    let output_partitions = kafka::partition_count(&args.common.kafka, &output_topic).await?;
+    let output_partitions = kafka::service_partition_count(&args.common.kafka, &output_topic).await?;
     let group = args.group_name(role);
-    let (mut consumer, rebalances) = args.common.kafka.consumer(&group)?;
+    let delivery = args.common.delivery.clone();
+    let (producer, txn) = delivery::service_producer(&args.common.kafka, &delivery, &group)?;
+    let (mut consumer, rebalances) = args.common.kafka.service_consumer(&group, delivery.delivery)?;
     consumer.subscribe(&[&input_topic])?;
     let mut rejoin = kafka::Rejoin::new(&group, &[&input_topic]);
     let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered").await?, Answered::new(60_000))) } else { None };
-    let producer = args.common.kafka.producer()?;
     let health = if args.report_health {
-        kafka::partition_count(&args.common.kafka, &topics.health)
+        kafka::service_partition_count(&args.common.kafka, &topics.health)
             .await
             .with_context(|| format!("--report-health needs the topic {}; create it with parm topics create", topics.health))?;
-        Some(HealthReporter::spawn(producer.clone(), topics.health.clone(), args.worker_name(role), role.as_str(), args.slow_after_ms))
+        // Health reports are not outputs of any input: outside every transaction.
+        let reports = if txn.is_some() { args.common.kafka.producer()? } else { producer.clone() };
+        Some(HealthReporter::spawn(reports, topics.health.clone(), args.worker_name(role), role.as_str(), args.slow_after_ms))
     } else {
         None
     };
@@ -102,18 +120,30 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         answered,
         expect,
         counts: Default::default(),
+        txn,
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
     let max_batch = args.max_batch.max(1);
     let max_wait = Duration::from_millis(args.max_wait_ms);
+    started.store(true, Ordering::SeqCst);
     let mut generation = rebalances.get();
     loop {
         if rejoin.pending() {
             consumer = rejoin.rejoin(&args.common.kafka, consumer, w.service())?;
         }
+        // A rebalance shows in the counter during a poll, with or without a message.
+        if rebalances.get() != generation {
+            generation = rebalances.get();
+            w.on_reassigned(&consumer)?;
+        }
+        let commit_due = w.txn.as_ref().filter(|t| t.has_sends(&w.outbox)).map(|t| t.due_at());
         let first = tokio::select! {
             _ = shutdown.wait() => break,
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
+            _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()), if commit_due.is_some() => {
+                w.commit(&consumer, &rebalances, generation).await?;
+                continue;
+            }
             msg = consumer.recv() => match msg {
                 Ok(m) => m,
                 Err(e) if rejoin.noticed(&consumer, &e) => continue,
@@ -123,11 +153,7 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
         let reassigned = rebalances.get() != generation;
         if reassigned {
             generation = rebalances.get();
-            // Partitions given back resume where this worker left off; the holds of the
-            // others go, their new owner replays them.
-            for (_, partition) in kafka::reassigned(&consumer).dropped {
-                w.outbox.tracker.forget(0, partition);
-            }
+            w.on_reassigned(&consumer)?;
         }
         kafka::consumed(&consumer, &first);
         let mut batch = vec![first];
@@ -136,6 +162,14 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
             tokio::select! {
                 msg = consumer.recv() => match msg {
                     Ok(m) => {
+                        if w.txn.is_some() && rebalances.get() != generation {
+                            // Exactly once, the new assignment starts at the committed
+                            // offsets: what was gathered before it comes again from there
+                            // (or goes to the partition's new owner).
+                            generation = rebalances.get();
+                            w.on_reassigned(&consumer)?;
+                            batch.clear();
+                        }
                         kafka::consumed(&consumer, &m);
                         batch.push(m);
                     }
@@ -156,10 +190,17 @@ pub async fn run(args: WorkerArgs, role: Role, mut shutdown: Shutdown) -> anyhow
             h.end(now_ms(), worked);
         }
         store(&consumer, &w);
+        if w.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+            w.commit(&consumer, &rebalances, generation).await?;
+        }
     }
-    w.outbox.drain().await?;
-    store(&consumer, &w);
-    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    if w.txn.is_some() {
+        w.commit(&consumer, &rebalances, generation).await?;
+    } else {
+        w.outbox.drain().await?;
+        store(&consumer, &w);
+        let _ = consumer.commit_consumer_state(CommitMode::Sync);
+    }
     tracing::info!(worker = %w.name, counts = ?w.counts, "worker stopped");
     Ok(())
 }
@@ -169,12 +210,50 @@ fn owned_partitions(consumer: &StreamConsumer<ParmContext>) -> Vec<i32> {
     consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
 }
 
+/// Stores the offsets whose outputs are acknowledged (at least once; exactly once they go
+/// with the transaction, see `Worker::commit`).
 fn store(consumer: &StreamConsumer<ParmContext>, w: &Worker) {
+    if w.txn.is_some() {
+        return;
+    }
     let offsets: Vec<_> = w.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (w.input_topic.clone(), p, o)).collect();
     store_offsets(consumer, &offsets);
 }
 
 impl Worker {
+    /// After a rebalance. At least once: partitions given back resume where this worker
+    /// left off, and the holds of the others go (their new owner replays them). Exactly
+    /// once: every partition restarts at its committed offset, so what the open
+    /// transaction holds goes.
+    fn on_reassigned(&mut self, consumer: &StreamConsumer<ParmContext>) -> anyhow::Result<()> {
+        let r = kafka::reassigned(consumer);
+        match self.txn.as_mut() {
+            Some(txn) => {
+                txn.abort(&self.outbox)?;
+                self.outbox = Outbox::new();
+                consumer.context().positions().retain(&HashSet::new());
+            }
+            None => {
+                for (_, partition) in r.dropped {
+                    self.outbox.tracker.forget(0, partition);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction with the input offsets its outputs came from (exactly
+    /// once). A rebalance not yet handled must not commit.
+    async fn commit(&mut self, consumer: &StreamConsumer<ParmContext>, rebalances: &RebalanceCounter, generation: u64) -> anyhow::Result<()> {
+        let Some(txn) = self.txn.as_mut() else { return Ok(()) };
+        txn.flush(&mut self.outbox).await?;
+        if rebalances.get() != generation {
+            return Ok(());
+        }
+        let offsets = self.outbox.tracker.all_committable().into_iter().map(|(_, p, o)| (self.input_topic.clone(), p, o, String::new())).collect();
+        txn.commit(consumer, &self.outbox, offsets)
+    }
+
     /// Reads every result already waiting on the results topic, without blocking.
     fn catch_up_answered(&mut self) {
         use futures::FutureExt;

@@ -43,6 +43,9 @@ pub struct DemoArgs {
     /// Latency budget (ms) after which the decoder may reconstruct.
     #[arg(long, default_value_t = 50)]
     pub deadline_ms: u64,
+    /// Delivery of every service: at-least-once or exactly-once (Kafka transactions).
+    #[arg(long, env = "PARM_DELIVERY", value_enum, default_value_t = parm_common::delivery::Delivery::AtLeastOnce)]
+    pub delivery: parm_common::delivery::Delivery,
     /// Print one JSON object on the last line as well.
     #[arg(long)]
     pub json: bool,
@@ -90,6 +93,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         spec.per_model_worker_args.push((0, vec!["--delay-fixed-ms".into(), args.straggler_ms.to_string()]));
     }
     spec.otlp_endpoint = args.otlp_endpoint.clone();
+    spec.service_env.push(("PARM_DELIVERY".into(), args.delivery.to_string()));
     if let Some(dir) = &args.log_dir {
         spec.log_dir = dir.clone();
     }
