@@ -85,12 +85,6 @@ pub struct DeliveryArgs {
     pub transaction_timeout_ms: u64,
 }
 
-impl Default for DeliveryArgs {
-    fn default() -> Self {
-        Self { delivery: Delivery::AtLeastOnce, commit_interval_ms: 10, transaction_timeout_ms: 10_000 }
-    }
-}
-
 impl DeliveryArgs {
     pub fn exactly_once(&self) -> bool {
         self.delivery == Delivery::ExactlyOnce
@@ -117,7 +111,6 @@ pub struct Transactions {
     committed: Vec<CommitOffset>,
     /// The outbox sequence at the last commit: anything sent since makes a commit due.
     sent_seq: u64,
-    commits: u64,
 }
 
 impl Transactions {
@@ -132,7 +125,7 @@ impl Transactions {
         })
         .with_context(|| format!("transactional id {id}"))?;
         tracing::info!(transactional_id = %id, interval_ms = args.commit_interval_ms, "exactly-once: transactions initialised");
-        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), committed: Vec::new(), sent_seq: 0, commits: 0 })
+        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), committed: Vec::new(), sent_seq: 0 })
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -199,7 +192,6 @@ impl Transactions {
         })
         .with_context(|| format!("transactional id {}", self.id))?;
         tracing::debug!(offsets_us = took[0].as_micros() as u64, commit_us = took[1].as_micros() as u64, "committed a transaction");
-        self.commits += 1;
         self.sent_seq = outbox.next_seq();
         self.committed = offsets;
         metrics::counter!(crate::metrics::names::TRANSACTIONS_COMMITTED).increment(1);
@@ -221,9 +213,6 @@ impl Transactions {
         Ok(())
     }
 
-    pub fn commits(&self) -> u64 {
-        self.commits
-    }
 }
 
 /// A service's producer for `group`: exactly once, a transactional one with its open

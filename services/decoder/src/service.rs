@@ -213,8 +213,16 @@ impl Decoder {
         if fresh.is_empty() {
             return Ok(()); // everything resumes where it was: nothing to replay
         }
-        let from_ms = self.restore_from(consumer, &fresh)?;
-        restore(&self.args.common.kafka, &self.topics.results, from_ms, &mut self.answers).await?;
+        // The broker may not answer now (an outage during the rebalance): the decoder goes on
+        // without the answers it could not read back, and may then answer a replayed query
+        // twice, as before this existed; it never stops or loses a query for it.
+        let restored = match self.restore_from(consumer, &fresh) {
+            Ok(from_ms) => restore(&self.args.common.kafka, &self.topics.results, from_ms, &mut self.answers).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = restored {
+            tracing::warn!(error = %format!("{e:#}"), "could not read back the answers already given; going on without them");
+        }
         let started = Instant::now();
         let targets: HashMap<(String, i32), i64> =
             tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| fresh.contains(k)).collect();
