@@ -96,6 +96,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Session restarts allowed within [`RESTART_WINDOW`] before the service gives up.
 pub const MAX_RESTARTS: usize = 5;
 pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
+/// How long input offsets with no new output wait to be committed. Each transaction
+/// costs the broker several log writes, and a commit for offsets alone is frequent (the
+/// decoder reads k + 1 predictions per group of k answers): committing those at once
+/// doubled the decoder's transactions and queued the next answer behind them.
+pub const OFFSETS_ONLY_INTERVAL: Duration = Duration::from_millis(200);
 
 /// One `(topic, partition, next offset, metadata)` to commit.
 pub type CommitOffset = (String, i32, i64, String);
@@ -107,6 +112,10 @@ pub struct Transactions {
     id: String,
     interval: Duration,
     last_commit: Instant,
+    /// When a due commit last found nothing to commit.
+    last_idle_check: Instant,
+    /// How long the last [`Transactions::flush`] waited (logged with the commit).
+    flush_took: Duration,
     /// What the last commit stored, to skip commits that would change nothing.
     committed: Vec<CommitOffset>,
     /// The outbox sequence at the last commit: anything sent since makes a commit due.
@@ -125,16 +134,23 @@ impl Transactions {
         })
         .with_context(|| format!("transactional id {id}"))?;
         tracing::info!(transactional_id = %id, interval_ms = args.commit_interval_ms, "exactly-once: transactions initialised");
-        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), committed: Vec::new(), sent_seq: 0 })
+        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), last_idle_check: Instant::now(), flush_took: Duration::ZERO, committed: Vec::new(), sent_seq: 0 })
     }
 
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
     }
 
-    /// When the next commit is due.
-    pub fn due_at(&self) -> Instant {
-        self.last_commit + self.interval
+    /// When the next commit is due: one commit interval after the last while records
+    /// sent since wait to become visible; otherwise [`OFFSETS_ONLY_INTERVAL`] after it, as
+    /// offsets alone (an input that made no output) change nothing a reader sees and
+    /// only shorten a replay after a crash.
+    pub fn due_at(&self, outbox: &Outbox) -> Instant {
+        if self.has_sends(outbox) {
+            self.last_commit + self.interval
+        } else {
+            self.last_commit.max(self.last_idle_check) + OFFSETS_ONLY_INTERVAL
+        }
     }
 
     /// Whether anything was sent since the last commit.
@@ -154,12 +170,13 @@ impl Transactions {
     /// producer's own thread is already serving, and so waits a whole 100 ms poll whenever
     /// a record is in flight (measured: every commit took 100 ms more).
     pub async fn flush(&mut self, outbox: &mut Outbox) -> anyhow::Result<()> {
+        let t = Instant::now();
         outbox.drain().await.context("a record of the open transaction was not written")?;
         // A delivery future resolves just before librdkafka counts its record as done.
-        let t = Instant::now();
         while self.producer.in_flight_count() > 0 && t.elapsed() < Duration::from_millis(50) {
             tokio::task::yield_now().await;
         }
+        self.flush_took = t.elapsed();
         Ok(())
     }
 
@@ -168,8 +185,10 @@ impl Transactions {
     /// group metadata that fences a zombie (KIP-447).
     pub fn commit<C: ConsumerContext>(&mut self, consumer: &StreamConsumer<C>, outbox: &Outbox, offsets: Vec<CommitOffset>) -> anyhow::Result<()> {
         let sent = self.has_sends(outbox);
-        if !sent && offsets == self.committed {
-            return Ok(()); // nothing to commit: the next record starts the interval afresh
+        if !sent && same_positions(&offsets, &self.committed) {
+            // Nothing to commit; a record sent next is committed at once.
+            self.last_idle_check = Instant::now();
+            return Ok(());
         }
         let started = Instant::now();
         self.last_commit = started;
@@ -191,7 +210,7 @@ impl Transactions {
             self.producer.begin_transaction().context("beginning the next transaction")
         })
         .with_context(|| format!("transactional id {}", self.id))?;
-        tracing::debug!(offsets_us = took[0].as_micros() as u64, commit_us = took[1].as_micros() as u64, "committed a transaction");
+        tracing::debug!(flush_us = self.flush_took.as_micros() as u64, offsets_us = took[0].as_micros() as u64, commit_us = took[1].as_micros() as u64, "committed a transaction");
         self.sent_seq = outbox.next_seq();
         self.committed = offsets;
         metrics::counter!(crate::metrics::names::TRANSACTIONS_COMMITTED).increment(1);
@@ -213,6 +232,12 @@ impl Transactions {
         Ok(())
     }
 
+}
+
+/// Whether two commits store the same positions: the metadata alone (the decoder's restore
+/// bound moves with the clock) is not worth a transaction, as the older one still holds.
+fn same_positions(a: &[CommitOffset], b: &[CommitOffset]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && x.1 == y.1 && x.2 == y.2)
 }
 
 /// A service's producer for `group`: exactly once, a transactional one with its open

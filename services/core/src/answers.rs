@@ -12,33 +12,26 @@
 //! unchanged, while a client that reuses an id for a new query stamps a new time.
 //! Pure state, time as an argument.
 
-use std::collections::{HashMap, VecDeque};
+use crate::recent::Recent;
 
 /// Answers given within the last `keep_ms`.
 #[derive(Debug)]
 pub struct Answers {
     keep_ms: u64,
-    given: HashMap<(String, i64), u64>,
-    /// (recorded at, query), oldest first, for forgetting.
-    order: VecDeque<(u64, (String, i64))>,
+    /// By (query id, sent at ms).
+    given: Recent<(String, i64), ()>,
 }
 
 impl Answers {
     pub fn new(keep_ms: u64) -> Self {
-        Self { keep_ms, given: HashMap::new(), order: VecDeque::new() }
+        Self { keep_ms, given: Recent::default() }
     }
 
     /// Records an answer for `query_id` sent at `sent_at_ms`; false if it was answered
     /// already (within `keep_ms`), and then the answer must not go out again.
     pub fn record(&mut self, query_id: &str, sent_at_ms: i64, now: u64) -> bool {
-        self.forget_before(now.saturating_sub(self.keep_ms));
-        let key = (query_id.to_string(), sent_at_ms);
-        if self.given.contains_key(&key) {
-            return false;
-        }
-        self.given.insert(key.clone(), now);
-        self.order.push_back((now, key));
-        true
+        self.given.forget_before(now.saturating_sub(self.keep_ms), |_, _| {});
+        self.given.insert((query_id.to_string(), sent_at_ms), (), now)
     }
 
     /// Whether the query was answered within `keep_ms`.
@@ -58,17 +51,6 @@ impl Answers {
     /// Forgets everything (the decoder's state is rebuilt from the results topic).
     pub fn clear(&mut self) {
         self.given.clear();
-        self.order.clear();
-    }
-
-    fn forget_before(&mut self, cutoff: u64) {
-        while self.order.front().is_some_and(|(at, _)| *at < cutoff) {
-            if let Some((at, key)) = self.order.pop_front() {
-                if self.given.get(&key) == Some(&at) {
-                    self.given.remove(&key);
-                }
-            }
-        }
     }
 }
 
@@ -76,6 +58,7 @@ impl Answers {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashMap;
 
     #[test]
     fn a_second_answer_for_the_same_query_is_refused_until_it_is_forgotten() {

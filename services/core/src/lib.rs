@@ -14,16 +14,24 @@
 //! - [`join`]: the decoder's per-group state machine: policies, deadlines, lag awareness,
 //!   exactly one result per query, late-arrival agreement, bounded memory.
 //! - [`answers`]: the answers the decoder gave, so a replay is never answered twice.
+//! - [`answered`]: what a worker has seen answered, so it can skip work nobody waits for.
+//! - [`health`]: the encoder's view of its workers' health, and the parity it may resend.
+//! - [`links`]: the decoder's span contexts per group, for a result's trace links.
+//! - [`recent`]: a map that forgets by age (what `answers` and `answered` remember).
 //! - [`offsets`]: which input offsets are safe to commit while groups are still open.
 //! - [`clock`]: the skew between the encoder's clock and this host's, from record stamps.
 
+pub mod answered;
 pub mod answers;
 pub mod clock;
 pub mod decode;
 pub mod encode;
 pub mod grouping;
+pub mod health;
 pub mod join;
+pub mod links;
 pub mod offsets;
+pub mod recent;
 pub mod tensor;
 
 pub use decode::reconstruct;

@@ -14,7 +14,6 @@
 //! ## Layout
 //! - [`config`]: the service's flags.
 //! - [`intake`]: the one total check of each input record kind (fuzzed).
-//! - [`links`]: the span contexts of each group's predictions, for trace links.
 //! - [`catch_up`]: when a (re)started decoder has replayed its backlog.
 //! - [`restore`]: reading back the answers already given, so a replay is not answered twice.
 //! - [`service`]: the consume–join–produce loop.
@@ -22,7 +21,6 @@
 pub mod catch_up;
 pub mod config;
 pub mod intake;
-pub mod links;
 pub mod restore;
 pub mod service;
 

@@ -3,9 +3,8 @@
 use crate::catch_up::CatchUp;
 use crate::config::DecoderArgs;
 use crate::intake::{self, QueryMeta, Refusal};
-use crate::links::GroupLinks;
 use crate::restore::restore;
-use opentelemetry::trace::TraceContextExt;
+use opentelemetry::trace::{Link, SpanContext, TraceContextExt};
 use opentelemetry::Context;
 use parm_common::delivery::{self, metadata_field, Transactions};
 use parm_common::kafka::{self, store_offsets_with_metadata, ParmContext, Topics};
@@ -19,6 +18,7 @@ use parm_common::{avro, dead_letter, now_ms, trouble};
 use parm_core::answers::Answers;
 use parm_core::clock::ClockSkew;
 use parm_core::join::Event;
+use parm_core::links::GroupLinks;
 use parm_core::offsets::Origin;
 use parm_core::{top1, Join, Source};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -49,7 +49,7 @@ struct Decoder {
     topics: Topics,
     producer: FutureProducer,
     join: Join<QueryMeta>,
-    links: GroupLinks,
+    links: GroupLinks<SpanContext>,
     outbox: Outbox,
     /// `(first batch not covered, committable offsets)`, oldest first: offsets become safe
     /// to store once every result batch sent before the snapshot is acknowledged.
@@ -125,7 +125,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
         }
         let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
         let wait = timer.map(|t| Duration::from_millis(t.saturating_sub(now_ms())));
-        let commit_due = d.txn.as_ref().filter(|t| t.has_sends(&d.outbox)).map(|t| t.due_at());
+        let commit_due = d.txn.as_ref().map(|t| t.due_at(&d.outbox));
         tokio::select! {
             _ = shutdown.wait() => break,
             done = d.outbox.next_done() => done?,
@@ -165,7 +165,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             metrics::gauge!(names::DECODER_LAGGING_PARTITIONS).set(d.join.lagging_partitions().len() as f64);
             last_store = Instant::now();
         }
-        if d.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+        if d.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at(&d.outbox)) {
             d.commit(&consumer, &rebalances, generation).await?;
         }
     }
@@ -263,6 +263,15 @@ impl Decoder {
         format!("{RESTORE_FROM}={at}")
     }
 
+    /// Keeps the span of a prediction (member `index`, -1 for the parity) for the trace
+    /// links of its group's results, until the group's hard deadline and the late linger.
+    fn keep_link(&mut self, group_id: &str, index: i32, cx: &Context, hard_deadline_at: u64) {
+        let span = cx.span().span_context().clone();
+        if span.is_valid() {
+            self.links.add(group_id, index, span, hard_deadline_at.saturating_add(self.args.late_linger_ms));
+        }
+    }
+
     async fn on_message(&mut self, msg: &BorrowedMessage<'_>) -> anyhow::Result<()> {
         let topic = if msg.topic() == self.topics.groups {
             GROUPS
@@ -303,7 +312,7 @@ impl Decoder {
 
     fn on_prediction(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
         let (group_id, mut arrival) = intake::prediction(payload, now, self.args.max_deadline_ms, &self.skew)?;
-        self.links.add(&group_id, arrival.index as i32, cx.span().span_context().clone(), arrival.hard_deadline_at.saturating_add(self.args.late_linger_ms));
+        self.keep_link(&group_id, arrival.index as i32, cx, arrival.hard_deadline_at);
         // Used when the prediction is answered before its manifest arrives: the result
         // then joins the query's trace through the prediction's own span.
         arrival.meta.traceparent = telemetry::traceparent(cx);
@@ -313,7 +322,7 @@ impl Decoder {
 
     fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
         let p = intake::parity(payload, now, self.args.max_deadline_ms, &self.skew)?;
-        self.links.add(&p.group_id, -1, cx.span().span_context().clone(), p.hard_deadline_at.saturating_add(self.args.late_linger_ms));
+        self.keep_link(&p.group_id, -1, cx, p.hard_deadline_at);
         self.join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now);
         Ok(())
     }
@@ -348,7 +357,7 @@ impl Decoder {
                     let latency = (e.at as i64 - e.meta.received_at_ms).max(0) as f64 / 1000.0;
                     metrics::histogram!(names::DECODER_LATENCY_SECONDS, "source" => label).record(latency);
                     let parent = e.meta.traceparent.as_deref().map(telemetry::from_traceparent).unwrap_or_default();
-                    let links = self.links.links_for(&e.group_id, e.index as i32, e.source == Source::Reconstructed);
+                    let links = self.links.links_for(&e.group_id, e.index as i32, e.source == Source::Reconstructed).into_iter().map(Link::with_context).collect();
                     let cx = telemetry::send_span(SERVICE, &self.topics.results, None, &e.query_id, &parent, links);
                     cx.span().set_attribute(opentelemetry::KeyValue::new("parm.source", label));
                     let f = kafka::send(&self.producer, &self.topics.results, None, &e.query_id, &avro::encode(&result)?, telemetry::inject(&cx)).await?;

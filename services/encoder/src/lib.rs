@@ -11,7 +11,7 @@
 //!   the group manifest to `parm.groups`, so the decoder knows every query and deadline
 //!   even if no prediction ever arrives.
 //!
-//! With `--route-by-health` it also reads the workers' health reports ([`health`]): a query
+//! With `--route-by-health` it also reads the workers' health reports (`parm_core::health`): a query
 //! bound for a slow model worker is grouped alone, parity goes to healthy parity workers, and
 //! a parity worker that turns slow has its recent parity queries sent again elsewhere.
 //!
@@ -20,12 +20,10 @@
 //!
 //! ## Layout
 //! - [`config`]: flags and what is read from the parity model's manifest.
-//! - [`health`]: the workers' health as reported, and the recent parity queries.
 //! - [`intake`]: what a client record must be to be served (pure, fuzzed).
 //! - [`service`]: the consume–group–produce loop.
 
 pub mod config;
-pub mod health;
 pub mod intake;
 pub mod service;
 

@@ -2,7 +2,7 @@
 
 use crate::config::{CodingPlan, EncoderArgs};
 use crate::intake::{self, Admitted, Limits};
-use crate::health::{HealthView, ParityLog, SentParity};
+use parm_core::health::{HealthReport, HealthView, ParityLog, SentParity};
 use opentelemetry::Context;
 use parm_common::delivery::{self, metadata_field, Transactions};
 use parm_common::kafka::{self, store_offsets, RebalanceCounter, Topics};
@@ -141,7 +141,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             enc.on_reassigned(&consumer).await?;
         }
         let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
-        let commit_due = enc.txn.as_ref().filter(|t| t.has_sends(&enc.outbox)).map(|t| t.due_at());
+        let commit_due = enc.txn.as_ref().map(|t| t.due_at(&enc.outbox));
         tokio::select! {
             _ = shutdown.wait() => break,
             done = enc.outbox.next_done() => done?,
@@ -177,7 +177,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             store(&consumer, &enc);
             last_store = Instant::now();
         }
-        if enc.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+        if enc.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at(&enc.outbox)) {
             enc.commit(&consumer, &rebalances, generation).await?;
         }
     }
@@ -341,6 +341,7 @@ impl Encoder {
             }
         };
         let mut sends = Vec::new();
+        let report = HealthReport { worker: report.worker, role: report.role, partitions: report.partitions, slow: report.slow };
         for slow in view.record(report, now) {
             let target = view.healthy_parity_partition((slow + 1) % self.parity_partitions, self.parity_partitions, now);
             if target == slow {

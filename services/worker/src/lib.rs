@@ -8,11 +8,10 @@
 //! A batch closes when it is full or its first query has waited `max_wait_ms`; inference
 //! runs on a blocking thread with a tract plan pinned to the batch size. Queries past their
 //! hard deadline are skipped (the decoder has answered them already), and with
-//! `--skip-answered` so is work nobody waits for any more ([`answered`]). A straggler can be
+//! `--skip-answered` so is work nobody waits for any more (`parm_core::answered`). A straggler can be
 //! simulated with [`delay::DelayModel`] for tests and benchmarks.
 //!
 //! ## Layout
-//! - [`answered`]: what the results topic says is answered, for skipping queued work.
 //! - [`config`]: flags, and the role (model or parity).
 //! - [`delay`]: seeded injected service time: a per-batch distribution and slow episodes.
 //! - [`intake`]: the one total check of every input record (fuzzed).
@@ -21,7 +20,6 @@
 //!   (`--report-health`), for an encoder that routes coding groups around slow workers.
 //! - [`service`]: the consume–batch–infer–produce loop.
 
-pub mod answered;
 pub mod config;
 pub mod delay;
 pub mod health;

@@ -1,7 +1,7 @@
 //! The worker loop: gather a micro-batch, run the model off the async threads, write one
 //! prediction per query to its group's decoder partition.
 
-use crate::answered::Answered;
+use parm_core::answered::Answered;
 use crate::config::{Role, WorkerArgs};
 use crate::delay::DelayModel;
 use crate::health::HealthReporter;
@@ -136,7 +136,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
             generation = rebalances.get();
             w.on_reassigned(&consumer)?;
         }
-        let commit_due = w.txn.as_ref().filter(|t| t.has_sends(&w.outbox)).map(|t| t.due_at());
+        let commit_due = w.txn.as_ref().map(|t| t.due_at(&w.outbox));
         let first = tokio::select! {
             _ = shutdown.wait() => break,
             done = w.outbox.next_done() => { done?; store(&consumer, &w); continue; }
@@ -190,7 +190,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
             h.end(now_ms(), worked);
         }
         store(&consumer, &w);
-        if w.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at()) {
+        if w.txn.as_ref().is_some_and(|t| Instant::now() >= t.due_at(&w.outbox)) {
             w.commit(&consumer, &rebalances, generation).await?;
         }
     }

@@ -1,5 +1,6 @@
 //! What the encoder knows of its workers' health (`--route-by-health`), and the recent
-//! parity queries it may send again.
+//! parity queries it may send again. Pure state, time as an argument; `parm_encoder` feeds
+//! it the reports it reads.
 //!
 //! Workers started with `--report-health` say on `PREFIX.health` whether they are slow (see
 //! `parm_worker::health`). The encoder uses it three ways, none of which changes where a
@@ -19,12 +20,25 @@
 //! where there is no capacity to spare. Routing then stands down for that role until most
 //! of its workers are well again.
 
-use parm_common::records::WorkerHealth;
 use std::collections::{HashMap, VecDeque};
 
 /// How long a report stands without a newer one (workers repeat theirs every second).
 pub const STALE_MS: u64 = 3000;
 
+/// A worker's report of itself, as the encoder uses it (the wire record is
+/// `parm_common::records::WorkerHealth`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthReport {
+    /// The reporting worker's name (its consumer's member id).
+    pub worker: String,
+    /// "model" or "parity".
+    pub role: String,
+    /// The input partitions it owns.
+    pub partitions: Vec<i32>,
+    pub slow: bool,
+}
+
+/// The latest report of one worker, and when it was received.
 #[derive(Debug, Clone)]
 struct Report {
     role: String,
@@ -42,8 +56,8 @@ pub struct HealthView {
 impl HealthView {
     /// Takes a report received at `now`; returns the partitions of a parity worker that has
     /// just turned slow (their recent parity queries should go again), else nothing.
-    pub fn record(&mut self, h: WorkerHealth, now: u64) -> Vec<i32> {
-        self.workers.retain(|_, r| now < r.at + STALE_MS);
+    pub fn record(&mut self, h: HealthReport, now: u64) -> Vec<i32> {
+        self.workers.retain(|_, r| now < r.at.saturating_add(STALE_MS));
         let was_slow = self.workers.get(&h.worker).is_some_and(|r| r.slow);
         let turned_slow = h.slow && !was_slow && h.role == "parity";
         let partitions = h.partitions.clone();
@@ -74,7 +88,7 @@ impl HealthView {
     }
 
     fn fresh<'a>(&'a self, role: &'a str, now: u64) -> impl Iterator<Item = &'a Report> + 'a {
-        self.workers.values().filter(move |r| r.role == role && now < r.at + STALE_MS)
+        self.workers.values().filter(move |r| r.role == role && now < r.at.saturating_add(STALE_MS))
     }
 
     /// The first partition from `preferred` on (wrapping around `partitions`) whose parity
@@ -84,17 +98,20 @@ impl HealthView {
             return preferred;
         }
         (0..partitions)
-            .map(|i| (preferred + i) % partitions)
+            .map(|i| preferred.saturating_add(i) % partitions)
             .find(|p| !self.owner_slow("parity", *p, now))
             .unwrap_or(preferred)
     }
 }
 
-/// A parity query as sent, kept for a possible second send.
+/// A parity query as sent, kept for a possible second send; `H` is whatever the sender
+/// needs to send it again (the encoder keeps the record's Kafka headers).
 #[derive(Debug, Clone)]
 pub struct SentParity<H> {
+    /// When it was sent (ms).
     pub at: u64,
     pub group_id: String,
+    /// The encoded record, as sent.
     pub payload: Vec<u8>,
     pub headers: H,
 }
@@ -120,7 +137,7 @@ impl<H> ParityLog<H> {
         let now = sent.at;
         let log = self.by_partition.entry(partition).or_default();
         log.push_back(sent);
-        while log.front().is_some_and(|s| s.at + self.window_ms < now) {
+        while log.front().is_some_and(|s| s.at.saturating_add(self.window_ms) < now) {
             log.pop_front();
         }
     }
@@ -131,7 +148,7 @@ impl<H> ParityLog<H> {
         let window = self.window_ms;
         self.by_partition
             .remove(&partition)
-            .map(|log| log.into_iter().filter(|s| s.at + window >= now).collect())
+            .map(|log| log.into_iter().filter(|s| s.at.saturating_add(window) >= now).collect())
             .unwrap_or_default()
     }
 }
@@ -140,8 +157,8 @@ impl<H> ParityLog<H> {
 mod tests {
     use super::*;
 
-    fn report(worker: &str, role: &str, partitions: Vec<i32>, slow: bool) -> WorkerHealth {
-        WorkerHealth { worker: worker.into(), role: role.into(), partitions, slow, busy_since_ms: None, at_ms: 0 }
+    fn report(worker: &str, role: &str, partitions: Vec<i32>, slow: bool) -> HealthReport {
+        HealthReport { worker: worker.into(), role: role.into(), partitions, slow }
     }
 
     #[test]

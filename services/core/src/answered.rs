@@ -5,35 +5,41 @@
 //! queued parity once its originals are back); here a queue is a Kafka partition's
 //! backlog, so skipping a record costs one read.
 //!
-//! Pure state, fed from `PREFIX.results` by the worker loop; entries are forgotten after
+//! Pure state, fed from `PREFIX.results` by the worker loop (`parm_worker`); entries are forgotten after
 //! `keep_ms`, which bounds memory.
 
-use std::collections::{HashMap, VecDeque};
+use crate::recent::Recent;
+use std::collections::HashMap;
 
-/// Query ids and groups seen on the results topic recently.
+/// Query ids and groups seen on the results topic recently: what a worker may skip.
 #[derive(Debug)]
 pub struct Answered {
     keep_ms: u64,
-    queries: HashMap<String, u64>,
+    /// Query id → its group id.
+    queries: Recent<String, String>,
     /// Distinct answered query ids per group.
     groups: HashMap<String, Vec<String>>,
-    /// (seen at, query id, group id), oldest first, for forgetting.
-    order: VecDeque<(u64, String, String)>,
 }
 
 impl Answered {
     pub fn new(keep_ms: u64) -> Self {
-        Self { keep_ms, queries: HashMap::new(), groups: HashMap::new(), order: VecDeque::new() }
+        Self { keep_ms, queries: Recent::default(), groups: HashMap::new() }
     }
 
     /// A result for `query_id` of `group_id` was seen at `now` (ms).
     pub fn record(&mut self, query_id: &str, group_id: &str, now: u64) {
-        self.forget_before(now.saturating_sub(self.keep_ms));
-        if self.queries.insert(query_id.to_string(), now).is_some() {
-            return; // a duplicate result
-        }
-        self.groups.entry(group_id.to_string()).or_default().push(query_id.to_string());
-        self.order.push_back((now, query_id.to_string(), group_id.to_string()));
+        let groups = &mut self.groups;
+        self.queries.forget_before(now.saturating_sub(self.keep_ms), |q, g| {
+            if let Some(v) = groups.get_mut(&g) {
+                v.retain(|x| *x != q);
+                if v.is_empty() {
+                    groups.remove(&g);
+                }
+            }
+        });
+        if self.queries.insert(query_id.to_string(), group_id.to_string(), now) {
+            self.groups.entry(group_id.to_string()).or_default().push(query_id.to_string());
+        } // else a duplicate result
     }
 
     pub fn query(&self, query_id: &str) -> bool {
@@ -51,19 +57,6 @@ impl Answered {
 
     pub fn is_empty(&self) -> bool {
         self.queries.is_empty()
-    }
-
-    fn forget_before(&mut self, t: u64) {
-        while self.order.front().is_some_and(|(at, _, _)| *at < t) {
-            let Some((_, q, g)) = self.order.pop_front() else { break };
-            self.queries.remove(&q);
-            if let Some(v) = self.groups.get_mut(&g) {
-                v.retain(|x| *x != q);
-                if v.is_empty() {
-                    self.groups.remove(&g);
-                }
-            }
-        }
     }
 }
 
