@@ -8,7 +8,7 @@ use anyhow::Context;
 use parm::broker::Cluster;
 use parm::client::{now_us, Client, Received};
 use parm::hostile::{self, Hostile};
-use parm::launch::{Deployment, DeploymentSpec};
+use parm::launch::{Deployment, DeploymentSpec, Signal};
 use parm::mnist::Mnist;
 use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
 use parm_common::records::DeadLetter;
@@ -255,7 +255,7 @@ fn apply(f: &Fault, deployment: &Mutex<Deployment>, cluster: &Cluster, kafka: &K
     let target = f.target.as_deref().unwrap_or_default();
     match f.action {
         Action::Kill => lock(deployment).kill(target).map(|_| None),
-        Action::Pause => lock(deployment).signal(target, "STOP").map(|_| None),
+        Action::Pause => lock(deployment).signal(target, Signal::Stop).map(|_| None),
         Action::BrokerStop => cluster.stop_all().map(|_| None),
         Action::LeaderKill => {
             let topics = kafka.topics();
@@ -272,7 +272,7 @@ fn recover(f: &Fault, deployment: &Mutex<Deployment>, cluster: &Cluster, killed:
     let target = f.target.as_deref().unwrap_or_default();
     match (f.action, killed) {
         (Action::Kill, _) => lock(deployment).restart(target),
-        (Action::Pause, _) => lock(deployment).signal(target, "CONT"),
+        (Action::Pause, _) => lock(deployment).signal(target, Signal::Cont),
         (Action::BrokerStop, _) => cluster.start_all(),
         (Action::LeaderKill, Some(node)) => cluster.start_node(node),
         (Action::LeaderKill, None) => anyhow::bail!("no node was killed"),

@@ -209,7 +209,7 @@ struct Report {
     parity: Vec<ParityResult>,
 }
 
-/// The paper's k = 2 degraded-mode figures (Figure 5, read to ±0.5; DESIGN.md's table).
+/// The paper's k = 2 degraded-mode figures (Figure 5, read to ±0.5; the table in docs/design.md).
 fn paper_figure(dataset: &str, k: usize) -> Option<Paper> {
     match (dataset, k) {
         ("mnist", 2) => Some(Paper { deployed: 99.2, reconstructed: 99.2 }),

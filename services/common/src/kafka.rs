@@ -32,8 +32,9 @@ pub struct KafkaArgs {
     #[arg(long, env = "PARM_TOPIC_PREFIX", default_value = "parm")]
     pub topic_prefix: String,
     /// Extra librdkafka setting for every client, KEY=VALUE; repeatable
-    /// (e.g. --kafka-set linger.ms=2 --kafka-set fetch.wait.max.ms=10).
-    #[arg(long = "kafka-set", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    /// (e.g. --kafka-set linger.ms=2 --kafka-set fetch.wait.max.ms=10). In the variable,
+    /// settings are separated by ';' (PARM_KAFKA_SET="linger.ms=2;fetch.wait.max.ms=10").
+    #[arg(long = "kafka-set", env = "PARM_KAFKA_SET", value_name = "KEY=VALUE", value_parser = parse_key_value, value_delimiter = ';')]
     pub kafka_set: Vec<(String, String)>,
     /// Static membership (KIP-345): this process's stable id in its consumer group
     /// (`group.instance.id`). A restarted instance with the same id takes its partitions

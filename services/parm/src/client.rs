@@ -12,8 +12,34 @@ use parm_core::Tensor;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer};
+use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
+
+/// Where reading `topic` from time `since_ms` starts on each of its `partitions`: the
+/// first offset stamped at or after it, or else the end as it was before that lookup
+/// (read first, so a record written between the two calls is not skipped).
+fn start_offsets(consumer: &StreamConsumer<ParmContext>, topic: &str, partitions: i32, since_ms: i64) -> anyhow::Result<TopicPartitionList> {
+    let timeout = Duration::from_secs(30);
+    let mut ends = HashMap::new();
+    let mut by_time = TopicPartitionList::new();
+    for p in 0..partitions {
+        let (_, high) = consumer.fetch_watermarks(topic, p, timeout).with_context(|| format!("reading the end of {topic}[{p}]"))?;
+        ends.insert(p, high);
+        by_time.add_partition_offset(topic, p, Offset::Offset(since_ms))?;
+    }
+    let found = consumer.offsets_for_times(by_time, timeout).with_context(|| format!("looking up {topic} by time"))?;
+    let mut start = TopicPartitionList::new();
+    for e in found.elements() {
+        let end = ends.get(&e.partition()).copied().unwrap_or(0);
+        let at = match e.offset() {
+            Offset::Offset(o) if o >= 0 => o.min(end),
+            _ => end, // nothing stamped since then
+        };
+        start.add_partition_offset(topic, e.partition(), Offset::Offset(at))?;
+    }
+    Ok(start)
+}
 
 /// A result as the client saw it.
 #[derive(Debug, Clone)]
@@ -44,6 +70,20 @@ impl Client {
         let (results, _) = kafka.consumer(&group)?;
         results.subscribe(&[&topics.results]).context("subscribing to the results topic")?;
         // A client rides out a broker outage of a few minutes, then says so.
+        Ok(Self { topics, producer: kafka.client_producer(300_000)?, results })
+    }
+
+    /// Connects and reads the results topic from the first result stamped at or after
+    /// `since_ms` (ms since the epoch), on every partition, without joining a group (so
+    /// nothing written after the call is missed, and no old result is read).
+    pub async fn connect_since(kafka: &KafkaArgs, since_ms: u64) -> anyhow::Result<Self> {
+        let topics = kafka.topics();
+        let partitions = kafka::partition_count(kafka, &topics.results).await?;
+        let group = format!("{}-client-{}-{}", kafka.topic_prefix, std::process::id(), now_ms());
+        let (results, _) = kafka.consumer(&group)?;
+        let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
+        let start = tokio::task::block_in_place(|| start_offsets(&results, &topics.results, partitions, since))?;
+        results.assign(&start).context("assigning the results partitions")?;
         Ok(Self { topics, producer: kafka.client_producer(300_000)?, results })
     }
 

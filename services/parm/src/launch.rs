@@ -9,6 +9,38 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A signal a deployment sends its services (fault injection and teardown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGSTOP: freeze the process (a stalled worker).
+    Stop,
+    /// SIGCONT: let a stopped process run again.
+    Cont,
+    /// SIGTERM: ask for a clean shutdown.
+    Term,
+}
+
+impl Signal {
+    fn number(self) -> libc::c_int {
+        match self {
+            Signal::Stop => libc::SIGSTOP,
+            Signal::Cont => libc::SIGCONT,
+            Signal::Term => libc::SIGTERM,
+        }
+    }
+}
+
+/// Sends `signal` to the process `pid`.
+fn send_signal(pid: u32, signal: Signal) -> std::io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::other(format!("pid {pid} out of range")))?;
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    if unsafe { libc::kill(pid, signal.number()) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 /// One service process of a deployment.
 pub struct Service {
     pub name: String,
@@ -130,14 +162,10 @@ impl Deployment {
         self.services.iter_mut().find(|s| s.name == name).with_context(|| format!("no service named {name}"))
     }
 
-    /// Sends a signal (e.g. "STOP", "CONT", "KILL", "TERM") to a service.
-    pub fn signal(&mut self, name: &str, signal: &str) -> anyhow::Result<()> {
+    /// Sends `signal` to a service (SIGKILL is [`Deployment::kill`], which also reaps it).
+    pub fn signal(&mut self, name: &str, signal: Signal) -> anyhow::Result<()> {
         let pid = self.find(name)?.child.id();
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status()?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} ({name}) failed");
-        }
-        Ok(())
+        send_signal(pid, signal).with_context(|| format!("sending {signal:?} to {name} (pid {pid})"))
     }
 
     /// Kills a service with SIGKILL and waits for it to be gone.
@@ -216,8 +244,8 @@ impl Deployment {
     pub fn stop(&mut self) {
         for s in &mut self.services {
             if s.child.try_wait().ok().flatten().is_none() {
-                let _ = Command::new("kill").arg("-CONT").arg(s.child.id().to_string()).status();
-                let _ = Command::new("kill").arg("-TERM").arg(s.child.id().to_string()).status();
+                let _ = send_signal(s.child.id(), Signal::Cont);
+                let _ = send_signal(s.child.id(), Signal::Term);
             }
         }
         let until = Instant::now() + Duration::from_secs(10);

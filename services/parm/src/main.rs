@@ -75,3 +75,32 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo(a) => demo::run(a).await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// The README promises a `PARM_*` variable for every flag of every subcommand.
+    #[test]
+    fn every_flag_of_every_subcommand_has_a_parm_variable() {
+        fn missing(cmd: &clap::Command, path: &str, out: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.get_long().is_none() || id == "help" || id == "version" {
+                    continue;
+                }
+                match arg.get_env().and_then(|e| e.to_str()) {
+                    Some(env) if env.starts_with("PARM_") => {}
+                    _ => out.push(format!("{path} --{}", arg.get_long().unwrap_or(id))),
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                missing(sub, &format!("{path} {}", sub.get_name()), out);
+            }
+        }
+        let mut out = Vec::new();
+        missing(&Cli::command(), "parm", &mut out);
+        assert!(out.is_empty(), "flags without a PARM_* variable: {out:?}");
+    }
+}

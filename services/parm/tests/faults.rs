@@ -4,6 +4,7 @@
 mod support;
 
 use parm::broker::Cluster;
+use parm::launch::Signal;
 use parm::hostile::{self, Hostile};
 use parm_common::avro;
 use parm_common::records::{Query, ResultSource, WireTensor};
@@ -133,10 +134,10 @@ async fn a_parity_worker_on_another_parity_model_is_refused_not_served() {
             s.parity_worker_args.extend(["--model".to_string(), parity_worker_model.to_string()]);
         })
         .await;
-        p.deployment.signal("model-worker-0", "STOP").unwrap();
+        p.deployment.signal("model-worker-0", Signal::Stop).unwrap();
         let sent = p.send("m", 0..20, 20.0, Some(100)).await;
         let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
-        p.deployment.signal("model-worker-0", "CONT").unwrap();
+        p.deployment.signal("model-worker-0", Signal::Cont).unwrap();
         assert_eq!(count(&results, ResultSource::Reconstructed), 0, "{test}: nothing is reconstructed from another parity model");
         assert!(count(&results, ResultSource::Unavailable) > 0, "{test}: the stopped worker's queries were answered UNAVAILABLE");
         let letters = p.dead_letters(1, Duration::from_secs(30)).await;

@@ -13,25 +13,14 @@ use parm_common::records::ResultSource;
 use parm_common::telemetry::{self, TelemetryArgs};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-/// GET `url` (plain http, loopback) and parse the JSON body; `None` on a 404.
+/// GET `url` and parse the JSON body; `None` on a 404.
 fn get_json(url: &str) -> anyhow::Result<Option<Value>> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| anyhow::anyhow!("only http:// URLs: {url}"))?;
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".to_string()));
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nAccept: application/json\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP header in the answer of {url}"))?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    match status {
-        "200" => Ok(Some(serde_json::from_str(body)?)),
-        "404" => Ok(None),
-        _ => anyhow::bail!("GET {url}: {}", head.lines().next().unwrap_or("")),
+    match support::http_get(url, &[])? {
+        (200, body) => Ok(Some(serde_json::from_str(&body)?)),
+        (404, _) => Ok(None),
+        (status, body) => anyhow::bail!("GET {url}: HTTP {status}: {body}"),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod support;
 
+use parm::launch::Signal;
 use parm_common::avro;
 use parm_common::records::{DeadLetter, Query, ResultSource, WireTensor};
 use std::collections::HashMap;
@@ -43,10 +44,10 @@ async fn a_stopped_model_worker_is_covered_by_reconstructions() {
     const DEADLINE_MS: i64 = 300;
     const BOUND_MS: i64 = 1500;
     let mut p = Pipeline::start("sigstop", 2, 1, |_| {}).await;
-    p.deployment.signal("model-worker-0", "STOP").unwrap();
+    p.deployment.signal("model-worker-0", Signal::Stop).unwrap();
     let sent = p.send("s", 0..40, 20.0, Some(DEADLINE_MS)).await;
     let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
-    p.deployment.signal("model-worker-0", "CONT").unwrap();
+    p.deployment.signal("model-worker-0", Signal::Cont).unwrap();
 
     let recon: Vec<_> = results.values().filter(|r| r.result.source == ResultSource::Reconstructed).collect();
     assert_eq!(count(&results, ResultSource::Unavailable), 0);
@@ -96,19 +97,19 @@ async fn a_resumed_worker_skips_the_members_already_reconstructed() {
         s.per_model_worker_args.push((0, vec!["--metrics-addr".into(), metrics.clone(), "--delay-fixed-ms".into(), "100".into(), "--max-batch".into(), "1".into()]));
     })
     .await;
-    p.deployment.signal("model-worker-0", "STOP").unwrap();
+    p.deployment.signal("model-worker-0", Signal::Stop).unwrap();
     let sent = p.send("s", 0..30, 20.0, Some(300)).await;
     let (results, _) = p.results_for(&sent, Duration::from_secs(60)).await;
     let recon = count(&results, ResultSource::Reconstructed);
     assert!(recon >= 8, "expected the stopped worker's members to be reconstructed, got {recon} of {}", results.len());
-    p.deployment.signal("model-worker-0", "CONT").unwrap();
+    p.deployment.signal("model-worker-0", Signal::Cont).unwrap();
 
     // The resumed worker reads the results topic, then its backlog: every reconstructed
     // member in it is skipped. Poll its metrics until they say so (or give up).
     let until = std::time::Instant::now() + Duration::from_secs(30);
     let (mut answered, mut expired) = (0.0, 0.0);
     while std::time::Instant::now() < until {
-        if let Ok((200, body)) = tokio::task::block_in_place(|| http_get(&metrics, "/metrics")) {
+        if let Ok((200, body)) = tokio::task::block_in_place(|| http_get(&format!("http://{metrics}/metrics"), &[])) {
             answered = counter(&body, "parm_worker_skipped_total", "reason=\"answered\"");
             expired = counter(&body, "parm_worker_skipped_total", "reason=\"expired\"");
             if answered >= (recon - CAUGHT_UP_WITHIN) as f64 {

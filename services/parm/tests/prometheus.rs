@@ -19,15 +19,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{free_port, http_get};
 
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 /// A Prometheus process scraping the given targets; killed on drop.
 struct Prometheus {
     child: Child,
@@ -59,7 +50,7 @@ impl Prometheus {
             .unwrap_or_else(|e| panic!("starting {bin} (apt-get install prometheus, or scripts/setup-checks): {e}"));
         let mut p = Self { child, host, log };
         let until = Instant::now() + Duration::from_secs(60);
-        while !matches!(http_get(&p.host, "/-/ready"), Ok((200, _))) {
+        while !matches!(http_get(&format!("http://{}/-/ready", p.host), &[]), Ok((200, _))) {
             if let Ok(Some(status)) = p.child.try_wait() {
                 panic!("prometheus exited with {status}: {}", std::fs::read_to_string(&p.log).unwrap_or_default());
             }
@@ -71,7 +62,7 @@ impl Prometheus {
 
     /// An instant query; the `data` of a successful answer, or the error Prometheus gave.
     fn query(&self, promql: &str) -> Result<Value, String> {
-        let (status, body) = http_get(&self.host, &format!("/api/v1/query?query={}", urlencode(promql))).map_err(|e| e.to_string())?;
+        let (status, body) = http_get(&format!("http://{}/api/v1/query", self.host), &[("query", promql)]).map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&body).map_err(|e| format!("HTTP {status}: {e}: {body}"))?;
         if v["status"] == "success" {
             Ok(v["data"].clone())

@@ -13,6 +13,7 @@ use crate::report::Report;
 use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
 use parm_common::model::{resolve, ModelManifest};
 use parm_common::now_ms;
+use parm_core::Policy;
 use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
@@ -23,38 +24,39 @@ pub struct DemoArgs {
     #[arg(long, env = "PARM_BROKERS")]
     pub brokers: Option<String>,
     /// How many queries to send.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "PARM_DEMO_QUERIES", default_value_t = 1000)]
     pub queries: usize,
     /// Queries per second (Poisson arrivals).
-    #[arg(long, default_value_t = 100.0)]
+    #[arg(long, env = "PARM_DEMO_RATE", default_value_t = 100.0)]
     pub rate: f64,
     /// Model workers (parity workers: model workers / k, at least 1).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, env = "PARM_DEMO_MODEL_WORKERS", default_value_t = 4)]
     pub model_workers: usize,
     /// The parity model; its manifest gives k and the encoder.
-    #[arg(long, default_value = "mnist-lenet-parity-concat-k2")]
+    #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-lenet-parity-concat-k2")]
     pub parity_model: String,
     /// Make model worker 0 a straggler: this many ms of extra service time per batch.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, env = "PARM_DEMO_STRAGGLER_MS", default_value_t = 0.0)]
     pub straggler_ms: f64,
-    /// Decoder policy: deadline or eager.
-    #[arg(long, default_value = "deadline")]
-    pub policy: String,
+    /// Decoder policy: `deadline` (wait for the real prediction until the deadline) or
+    /// `eager` (reconstruct as soon as parity and the other members are in).
+    #[arg(long, env = "PARM_POLICY", default_value = "deadline")]
+    pub policy: Policy,
     /// Latency budget (ms) after which the decoder may reconstruct.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, env = "PARM_DEADLINE_MS", default_value_t = 50)]
     pub deadline_ms: u64,
     /// Delivery of every service: at-least-once or exactly-once (Kafka transactions).
     #[arg(long, env = "PARM_DELIVERY", value_enum, default_value_t = parm_common::delivery::Delivery::AtLeastOnce)]
     pub delivery: parm_common::delivery::Delivery,
     /// Print one JSON object on the last line as well.
-    #[arg(long)]
+    #[arg(long, env = "PARM_DEMO_JSON")]
     pub json: bool,
     /// Export every service's spans over OTLP/HTTP to this endpoint (e.g. a local Jaeger:
     /// http://127.0.0.1:4318/v1/traces).
     #[arg(long, env = "PARM_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
     /// Where the services' logs go (default: a temporary folder, printed).
-    #[arg(long)]
+    #[arg(long, env = "PARM_DEMO_LOG_DIR")]
     pub log_dir: Option<std::path::PathBuf>,
 }
 
@@ -88,7 +90,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // The model workers serve the base model the parity model was trained for.
     let base = parity.base.clone().context("the parity model's manifest names no base model")?;
     spec.model_worker_args = vec!["--model".into(), base];
-    spec.decoder_args = vec!["--policy".into(), args.policy.clone()];
+    spec.decoder_args = vec!["--policy".into(), args.policy.to_string()];
     if args.straggler_ms > 0.0 {
         spec.per_model_worker_args.push((0, vec!["--delay-fixed-ms".into(), args.straggler_ms.to_string()]));
     }

@@ -14,7 +14,6 @@ use parm_common::records::DeadLetter;
 use parm_core::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
-use std::io::{Read, Write};
 use std::time::Duration;
 
 /// The broker every test uses.
@@ -144,15 +143,11 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
-/// GET `http://{host}{path}`; returns the status code and body.
-pub fn http_get(host: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(host)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow::anyhow!("no HTTP header from {host}{path}"))?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    Ok((status, body.to_string()))
+/// GET `url` with the query parameters `query` (encoded by the client); returns the
+/// status code and body.
+pub fn http_get(url: &str, query: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+    let response = client.get(url).query(query).send()?;
+    let status = response.status().as_u16();
+    Ok((status, response.text()?))
 }
