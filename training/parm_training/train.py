@@ -281,7 +281,112 @@ def shift_images(images: torch.Tensor, max_shift: int, gen: torch.Generator) -> 
 
 
 def default_parity_batch(k: int) -> int:
+    """The reference's minibatch of coding groups: 64 for k = 2, 32 for k >= 3."""
     return 64 if k <= 2 else 32
+
+
+class _EpochGroupings:
+    """The training examples partitioned into random groups of k, redrawn for each epoch
+    so that Fp sees many different sums (`redraw` is _fit's begin_epoch)."""
+
+    def __init__(self, n: int, k: int, seed: int, device: torch.device) -> None:
+        self.n, self.k, self.device = n, k, device
+        self.count = n // k
+        self.gen = torch.Generator().manual_seed(seed)  # drawn on the CPU, also for a GPU run
+        self.current = torch.empty(0, k, dtype=torch.long)
+
+    def redraw(self) -> None:
+        """A fresh random grouping of the training examples (the n % k left over sit out)."""
+        order = torch.randperm(self.n, generator=self.gen)
+        self.current = order[: self.count * self.k].reshape(self.count, self.k).to(self.device)
+
+
+def _new_parity_model(arch: str, encoder: enc.Encoder, k: int, input_shape: tuple[int, ...], num_classes: int,
+                      mean: float, std: float, seed: int, init: dict[str, np.ndarray] | None) -> nn.Module:
+    """Fp with the in-graph normalization of the encoder's parity queries: a seeded random
+    init, or the weights `init` gives."""
+    torch.manual_seed(seed)
+    p_mean, p_std = encoder.normalization(mean, std, k)
+    model = models.build(arch, p_mean, p_std, input_shape, num_classes)
+    if init is not None:
+        # Start from given weights (F's, or an earlier Fp's to continue training) instead of
+        # a random init (the reference starts at random).
+        models.load_weights(model, init)
+    return model
+
+
+def _frozen_teacher(base: nn.Module | None, device: torch.device) -> nn.Module:
+    """F on `device`, in eval mode and without gradients, to compute targets on moved images."""
+    if base is None:
+        raise ValueError("augment_shift needs F as a PyTorch module (base) to compute targets on the moved images")
+    base.to(device).eval()
+    for p in base.parameters():
+        p.requires_grad_(False)
+    return base
+
+
+def _shifted_targets(images: torch.Tensor, base: nn.Module, max_shift: int,
+                     gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The member images [n, k, C, H, W] each moved at random, F's logits on the moved
+    images [n, k, classes] and F's top-1 of them [n, k]."""
+    n, k = images.shape[:2]
+    moved = shift_images(images.reshape(n * k, *images.shape[2:]), max_shift, gen)
+    with torch.no_grad():
+        flat = base(moved)
+    members = flat.reshape(n, k, -1)
+    return moved.reshape(images.shape), members, members.argmax(dim=-1)
+
+
+def _parity_loss(out: torch.Tensor, members: torch.Tensor, top1: torch.Tensor, present: torch.Tensor,
+                 ce_weight: float) -> torch.Tensor:
+    """MSE of Fp(P) against the sum of the members' F outputs, plus ce_weight times the mean
+    over present members of the cross-entropy of their decoded outputs against F's top-1."""
+    loss = nnf.mse_loss(out, members.sum(dim=1))
+    if ce_weight > 0:
+        decoded = enc.decode(out, members)  # [n, k, C]
+        # The mean over present members, as a masked mean: indexing by the mask would
+        # make every step wait for the GPU to count it.
+        ce = nnf.cross_entropy(decoded.flatten(0, 1), top1.flatten(), reduction="none")
+        weights = present.flatten().to(ce.dtype)
+        loss = loss + ce_weight * (ce * weights).sum() / weights.sum()
+    return loss
+
+
+def _parity_step(model: nn.Module, encoder: enc.Encoder, k: int, x: torch.Tensor, logits: torch.Tensor,
+                 groupings: _EpochGroupings, seed: int, ce_weight: float, augment_shift: int,
+                 base: nn.Module | None, partial_fraction: float) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The loss of one minibatch (indices into the epoch's groups), as train_parity describes;
+    x and logits are the training images and F's cached logits, on the training device."""
+    device = x.device
+    f_top1 = logits.argmax(dim=1)
+    shift_gen = torch.Generator(device=device).manual_seed(seed + 3)
+    partial_gen = torch.Generator(device=device).manual_seed(seed + 4)
+
+    def step(idx: torch.Tensor) -> torch.Tensor:
+        groups = groupings.current[idx]
+        if augment_shift > 0:
+            images, members, top1 = _shifted_targets(x[groups], base, augment_shift, shift_gen)
+        else:
+            images, members, top1 = x[groups], logits[groups], f_top1[groups]  # [n, k, ...]
+        present = torch.ones(top1.shape, dtype=torch.bool, device=device)  # [n, k]
+        if partial_fraction > 0:
+            present = partial_mask(len(groups), k, partial_fraction, partial_gen)
+            images = images * present[:, :, None, None, None]
+            members = members * present[:, :, None]
+        return _parity_loss(model(encoder.encode(images)), members, top1, present, ce_weight)
+
+    return step
+
+
+def _parity_validation(encoder: enc.Encoder, k: int, val_x: np.ndarray, val_logits: np.ndarray,
+                       seeds: range) -> Callable[[nn.Module], dict]:
+    """Scores an epoch's Fp by its mean agreement with F over the validation groupings of `seeds`."""
+
+    def validate(m: nn.Module) -> dict:
+        agreement = validation_agreement(encoder, k, lambda p: predict_torch(m, p), val_x, val_logits, seeds)
+        return {"val_reconstruction": float(np.mean(agreement))}
+
+    return validate
 
 
 def train_parity(
@@ -334,75 +439,19 @@ def train_parity(
     all live there; the groups of each epoch are drawn on the CPU, as on a CPU run.
     """
     encoder.check_k(k)
-    torch.manual_seed(hyper.seed)
-    p_mean, p_std = encoder.normalization(mean, std, k)
-    model = models.build(arch, p_mean, p_std, train_x.shape[1:], train_logits.shape[1])
-    if init is not None:
-        # Start from given weights (F's, or an earlier Fp's to continue training) instead of
-        # a random init (the reference starts at random).
-        models.load_weights(model, init)
     device = torch.device(device)
+    model = _new_parity_model(arch, encoder, k, train_x.shape[1:], train_logits.shape[1], mean, std, hyper.seed, init)
     model.to(device)
     x, t = torch.as_tensor(train_x).to(device), torch.as_tensor(train_logits).to(device)
-    n_groups = len(x) // k
-    gen = torch.Generator().manual_seed(hyper.seed + 1)
-    epoch_groups = torch.empty(0, k, dtype=torch.long)
-    loss_fn = nn.MSELoss()
-
-    def begin_epoch() -> None:
-        # A fresh random grouping of the training examples every epoch.
-        nonlocal epoch_groups
-        epoch_groups = torch.randperm(len(x), generator=gen)[: n_groups * k].reshape(n_groups, k).to(device)
-
-    f_top1 = t.argmax(dim=1)
-
+    groupings = _EpochGroupings(len(x), k, hyper.seed + 1, device)
     if augment_shift > 0:
-        if base is None:
-            raise ValueError("augment_shift needs F as a PyTorch module (base) to compute targets on the moved images")
-        base.to(device).eval()
-        for p in base.parameters():
-            p.requires_grad_(False)
-    shift_gen = torch.Generator(device=device).manual_seed(hyper.seed + 3)
-    partial_gen = torch.Generator(device=device).manual_seed(hyper.seed + 4)
-
-    def step(idx: torch.Tensor) -> torch.Tensor:
-        groups = epoch_groups[idx]
-        images = x[groups]  # [n, k, C, H, W]
-        if augment_shift > 0:
-            n, kk = images.shape[:2]
-            moved = shift_images(images.reshape(n * kk, *images.shape[2:]), augment_shift, shift_gen)
-            with torch.no_grad():
-                flat = base(moved)
-            images = moved.reshape(images.shape)
-            members = flat.reshape(n, kk, -1)
-            top1 = members.argmax(dim=-1)
-        else:
-            members = t[groups]  # [n, k, C]
-            top1 = f_top1[groups]
-        present = torch.ones(top1.shape, dtype=torch.bool, device=device)  # [n, k]
-        if partial_fraction > 0:
-            present = partial_mask(len(groups), k, partial_fraction, partial_gen)
-            images = images * present[:, :, None, None, None]
-            members = members * present[:, :, None]
-        out = model(encoder.encode(images))
-        loss = loss_fn(out, members.sum(dim=1))
-        if ce_weight > 0:
-            decoded = enc.decode(out, members)  # [n, k, C]
-            # The mean over present members, as a masked mean: indexing by the mask would
-            # make every step wait for the GPU to count it.
-            ce = nnf.cross_entropy(decoded.flatten(0, 1), top1.flatten(), reduction="none")
-            weights = present.flatten().to(ce.dtype)
-            loss = loss + ce_weight * (ce * weights).sum() / weights.sum()
-        return loss
-
+        base = _frozen_teacher(base, device)
+    step = _parity_step(model, encoder, k, x, t, groupings, hyper.seed, ce_weight, augment_shift, base, partial_fraction)
     # The validation images are paired `validation_groupings` ways and the agreement averaged:
     # with one grouping the best epoch is partly the one whose pairing was lucky (measured on
     # MNIST: the chosen epoch scored up to 0.35 points lower on ten fresh groupings).
     val_seeds = range(hyper.seed + 2, hyper.seed + 2 + validation_groupings)
-
-    def validate(m: nn.Module) -> dict:
-        agreement = validation_agreement(encoder, k, lambda p: predict_torch(m, p), val_x, val_logits, val_seeds)
-        return {"val_reconstruction": float(np.mean(agreement))}
-
+    validate = _parity_validation(encoder, k, val_x, val_logits, val_seeds)
     what = f"Fp[{encoder.name},k={k}]"
-    return _fit(model, hyper, epochs, max_seconds, n_groups, step, validate, "val_reconstruction", what, begin_epoch)
+    return _fit(model, hyper, epochs, max_seconds, groupings.count, step, validate, "val_reconstruction", what,
+                groupings.redraw)
