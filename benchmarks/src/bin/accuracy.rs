@@ -15,6 +15,7 @@
 //!
 //! ```text
 //! cargo run --release -p parm-benchmarks --bin accuracy -- [--models DIR] [--out DIR] [--seed N] [--groupings N] [--limit N]
+//! cargo run --release -p parm-benchmarks --bin accuracy -- --help
 //! ```
 
 use anyhow::{bail, Context as _};
@@ -25,96 +26,48 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use clap::Parser;
+use parm::mnist::Mnist;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 const BATCH: usize = 100;
-const DEFAULT_SEED: u64 = 1234;
-const DEFAULT_GROUPINGS: u64 = 5;
 
+/// Flags of `accuracy`.
+#[derive(Parser, Debug)]
+#[command(about = "Degraded-mode accuracy of every base/parity pair in the models folder")]
 struct Args {
-    models: PathBuf,
-    out: PathBuf,
+    /// The models folder (default: parm's models/).
+    #[arg(long)]
+    models: Option<PathBuf>,
+    /// Where accuracy.md and accuracy.json go (default: benchmarks/results).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of the first grouping into random coding groups.
+    #[arg(long, default_value_t = 1234)]
     seed: u64,
+    /// Independent groupings of the test set, seeds seed..seed+N-1.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     groupings: u64,
+    /// Use only the first N test examples (a quick look; the report says so).
+    #[arg(long)]
     limit: Option<usize>,
 }
 
-fn usage() -> &'static str {
-    "usage: accuracy [--models DIR] [--out DIR] [--seed N] [--groupings N] [--limit N]\n\
-     \n\
-     --models DIR  the models folder (default: parm's models/)\n\
-     --out DIR     where accuracy.md and accuracy.json go (default: benchmarks/results)\n\
-     --seed N      seed of the first grouping into random coding groups (default 1234)\n\
-     --groupings N independent groupings of the test set, seeds seed..seed+N-1 (default 5)\n\
-     --limit N     use only the first N test examples (a quick look; the report says so)"
-}
-
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        models: models_dir(),
-        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("results"),
-        seed: DEFAULT_SEED,
-        groupings: DEFAULT_GROUPINGS,
-        limit: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{}", usage()));
-        match a.as_str() {
-            "--models" => args.models = PathBuf::from(value("--models")?),
-            "--out" => args.out = PathBuf::from(value("--out")?),
-            "--seed" => args.seed = value("--seed")?.parse().context("--seed must be an integer")?,
-            "--groupings" => {
-                args.groupings = value("--groupings")?.parse().context("--groupings must be a positive integer")?;
-                if args.groupings == 0 {
-                    bail!("--groupings must be at least 1\n{}", usage());
-                }
-            }
-            "--limit" => args.limit = Some(value("--limit")?.parse().context("--limit must be an integer")?),
-            "-h" | "--help" => {
-                println!("{}", usage());
-                std::process::exit(0);
-            }
-            other => bail!("unknown argument '{other}'\n{}", usage()),
-        }
-    }
-    Ok(args)
-}
-
-/// A test set: images as raw pixels p / 255, shape [1, 28, 28] each, and labels.
+/// A test set (images as raw pixels p / 255, shape [1, 28, 28] each, and labels), and
+/// where it came from.
 struct TestSet {
-    images: Vec<Tensor>,
-    labels: Vec<usize>,
+    data: Mnist,
     source: String,
 }
 
-/// Reads an IDX file of unsigned bytes (gzipped when the name ends in `.gz`): (dims, data).
-fn read_idx(path: &Path) -> anyhow::Result<(Vec<usize>, Vec<u8>)> {
+/// Reads a gzipped file.
+fn gunzip(path: &Path) -> anyhow::Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let bytes = if path.extension().is_some_and(|e| e == "gz") {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).with_context(|| format!("gunzipping {}", path.display()))?;
-        out
-    } else {
-        raw
-    };
-    if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 {
-        bail!("{}: not an IDX file of unsigned bytes", path.display());
-    }
-    let ndim = bytes[3] as usize;
-    let header = 4 + 4 * ndim;
-    if bytes.len() < header {
-        bail!("{}: truncated IDX header", path.display());
-    }
-    let dims: Vec<usize> =
-        (0..ndim).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize).collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() - header != n {
-        bail!("{}: header says {dims:?} ({n} bytes), file has {}", path.display(), bytes.len() - header);
-    }
-    Ok((dims, bytes[header..].to_vec()))
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).with_context(|| format!("gunzipping {}", path.display()))?;
+    Ok(out)
 }
 
 fn load_test_set(models: &Path, dataset: &str, limit: Option<usize>) -> anyhow::Result<TestSet> {
@@ -129,22 +82,11 @@ fn load_test_set(models: &Path, dataset: &str, limit: Option<usize>) -> anyhow::
             labels_path.display()
         );
     }
-    let (dims, pixels) = read_idx(&images_path)?;
-    let (ldims, labels) = read_idx(&labels_path)?;
-    if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
-        bail!("{dataset}: image dims {dims:?} do not match label dims {ldims:?}");
-    }
-    let n = limit.map_or(dims[0], |l| l.min(dims[0]));
-    let per = dims[1] * dims[2];
-    let images = (0..n)
-        .map(|i| {
-            let data = pixels[i * per..(i + 1) * per].iter().map(|&p| p as f32 / 255.0).collect();
-            Tensor::new(vec![1, dims[1], dims[2]], data).context("test image")
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let labels = labels[..n].iter().map(|&l| l as usize).collect();
-    let source = format!("{} ({n} of {} examples)", images_path.file_name().unwrap_or_default().to_string_lossy(), dims[0]);
-    Ok(TestSet { images, labels, source })
+    let mut set = Mnist::from_idx(&gunzip(&images_path)?, &gunzip(&labels_path)?).with_context(|| format!("the {dataset} test set"))?;
+    let all = set.len();
+    set.truncate(limit.unwrap_or(all));
+    let source = format!("{} ({} of {all} examples)", images_path.file_name().unwrap_or_default().to_string_lossy(), set.len());
+    Ok(TestSet { data: set, source })
 }
 
 /// Runs a model over inputs in batches of BATCH; one logits vector per input.
@@ -157,6 +99,7 @@ fn run(model: &Model, inputs: &[Tensor]) -> anyhow::Result<Vec<Vec<f32>>> {
     Ok(out)
 }
 
+/// A deployed model's accuracy on its test set, for the report.
 #[derive(Serialize)]
 struct BaseResult {
     name: String,
@@ -166,6 +109,7 @@ struct BaseResult {
     seconds: f64,
 }
 
+/// A parity model, as the report names it (its reconstruction accuracy is in the rows).
 #[derive(Serialize)]
 struct ParityResult {
     name: String,
@@ -192,12 +136,14 @@ struct ParityResult {
     seconds: f64,
 }
 
+/// The paper's figure for one dataset and k: deployed and reconstructed top-1 (%).
 #[derive(Serialize, Clone, Copy)]
 struct Paper {
     deployed: f64,
     reconstructed: f64,
 }
 
+/// Everything `accuracy` measured, written as JSON beside the Markdown table.
 #[derive(Serialize)]
 struct Report {
     what: &'static str,
@@ -231,10 +177,10 @@ fn encoder_difference(path: &Path, encoder: ParityEncoder, k: usize, set: &TestS
     let mut worst = 0.0f32;
     for (g, input) in groups.iter().zip(inputs) {
         let idx: Vec<usize> = g.as_array().context("reference.groups holds lists")?.iter().filter_map(|i| i.as_u64().map(|i| i as usize)).collect();
-        if idx.len() != k || idx.iter().any(|&i| i >= set.images.len()) {
+        if idx.len() != k || idx.iter().any(|&i| i >= set.data.images.len()) {
             return Ok(None);
         }
-        let members: Vec<&Tensor> = idx.iter().map(|&i| &set.images[i]).collect();
+        let members: Vec<&Tensor> = idx.iter().map(|&i| &set.data.images[i]).collect();
         let p = encoder.encode(k, &members)?;
         let want: Vec<f32> = input.as_array().context("reference.inputs holds lists")?.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
         if want.len() != p.data().len() {
@@ -286,7 +232,7 @@ fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u6
         .map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
     let (mut full, mut partial, mut per_grouping) = (Counts::default(), Counts::default(), Vec::new());
     for s in seed..seed + groupings {
-        let mut order: Vec<usize> = (0..set.images.len()).collect();
+        let mut order: Vec<usize> = (0..set.data.images.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(s));
         let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
         let one = decode_groups(fp, encoder, k, &groups, set, base_logits)?;
@@ -306,7 +252,7 @@ fn decode_groups(fp: &Model, encoder: ParityEncoder, k: usize, groups: &[&[usize
     let parity_inputs = groups
         .iter()
         .map(|g| {
-            let members: Vec<&Tensor> = g.iter().map(|&i| &set.images[i]).collect();
+            let members: Vec<&Tensor> = g.iter().map(|&i| &set.data.images[i]).collect();
             encoder.encode(k, &members).with_context(|| format!("encoding a group for {}", fp.manifest.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -318,9 +264,9 @@ fn decode_groups(fp: &Model, encoder: ParityEncoder, k: usize, groups: &[&[usize
             let decoded = reconstruct(p, others).context("parity and base outputs differ in size")?;
             let got = top1(&decoded);
             let f_top = top1(&base_logits[erased]);
-            c.correct += usize::from(got == Some(set.labels[erased]));
+            c.correct += usize::from(got == Some(usize::from(set.data.labels[erased])));
             c.agree += usize::from(got == f_top);
-            c.base_correct += usize::from(f_top == Some(set.labels[erased]));
+            c.base_correct += usize::from(f_top == Some(usize::from(set.data.labels[erased])));
             c.total += 1;
         }
     }
@@ -408,18 +354,10 @@ fn markdown(report: &Report) -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let manifests = manifest_paths(&args.models)?;
-    let mut bases = Vec::new();
-    let mut parities = Vec::new();
-    for path in &manifests {
-        let (m, _) = ModelManifest::load(path)?;
-        match m.role.as_str() {
-            "base" => bases.push(path.clone()),
-            "parity" => parities.push((path.clone(), m)),
-            other => eprintln!("accuracy: skipping {}: unknown role '{other}'", path.display()),
-        }
-    }
+    let args = Args::parse();
+    let models = args.models.clone().unwrap_or_else(models_dir);
+    let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
+    let (bases, parities) = manifests_by_role(&models)?;
     let mut report =
         Report { what: "degraded-mode accuracy", seed: args.seed, groupings: args.groupings, limit: args.limit, data: BTreeMap::new(), base: Vec::new(), parity: Vec::new() };
     let mut sets: BTreeMap<String, TestSet> = BTreeMap::new();
@@ -427,84 +365,118 @@ fn main() -> anyhow::Result<()> {
         let f = Model::load(base_path)?;
         let dataset = f.manifest.dataset.clone();
         if !sets.contains_key(&dataset) {
-            let set = load_test_set(&args.models, &dataset, args.limit)?;
+            let set = load_test_set(&models, &dataset, args.limit)?;
             report.data.insert(dataset.clone(), set.source.clone());
             sets.insert(dataset.clone(), set);
         }
-        let set = &sets[&dataset];
-        let t0 = Instant::now();
-        let logits = run(&f, &set.images)?;
-        let correct = logits.iter().zip(&set.labels).filter(|(l, &y)| top1(l) == Some(y)).count();
-        let top = correct as f64 / set.labels.len() as f64;
-        eprintln!("accuracy: F {} on {dataset}: top-1 {} ({:.1}s)", f.manifest.name, pct(top), t0.elapsed().as_secs_f64());
-        report.base.push(BaseResult {
-            name: f.manifest.name.clone(),
-            dataset: dataset.clone(),
-            test_examples: set.labels.len(),
-            top1: top,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+        let set = sets.get(&dataset).context("the test set just loaded")?;
+        let (base, logits) = measure_base(&f, set)?;
+        report.base.push(base);
         for (path, pm) in parities.iter().filter(|(_, pm)| pm.base.as_deref() == Some(f.manifest.name.as_str())) {
-            if pm.dataset != dataset {
-                bail!("{}: data set {} differs from its base's ({dataset})", path.display(), pm.dataset);
-            }
-            let t0 = Instant::now();
-            let fp = Model::load(path)?;
-            let (full, partial, per_grouping) = evaluate_parity(&fp, set, &logits, args.seed, args.groupings)?;
-            let (groups, total, correct, agree, base_correct) = (full.groups, full.total, full.correct, full.agree, full.base_correct);
-            let encoder: ParityEncoder = pm.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let encoder_max_difference = encoder_difference(path, encoder, pm.k.unwrap_or_default(), set)?;
-            // Reference inputs are rounded to 7 significant digits: values up to 4 differ by < 1e-6.
-            if let Some(d) = encoder_max_difference {
-                if d > 1e-5 {
-                    bail!(
-                        "{}: parm-core's {encoder} encoder builds different parity inputs than training did \
-                         (largest difference {d:e} on the manifest's reference groups); the decoded accuracy would be meaningless",
-                        path.display()
-                    );
-                }
-            }
-            let r = ParityResult {
-                name: pm.name.clone(),
-                base: f.manifest.name.clone(),
-                dataset: dataset.clone(),
-                encoder: pm.encoder.clone().unwrap_or_default(),
-                k: pm.k.unwrap_or_default(),
-                groups,
-                reconstructions: total,
-                base_top1: base_correct as f64 / total as f64,
-                reconstruction_top1: correct as f64 / total as f64,
-                reconstruction_top1_per_grouping: per_grouping,
-                agreement_with_base: agree as f64 / total as f64,
-                partial_agreement_with_base: (partial.total > 0).then(|| partial.agree as f64 / partial.total as f64),
-                gap_points: 100.0 * (base_correct as f64 - correct as f64) / total as f64,
-                paper: paper_figure(&dataset, pm.k.unwrap_or_default()),
-                encoder_max_difference,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            eprintln!(
-                "accuracy: Fp {} ({} k={}): reconstruction {} (F {} on the same examples), agreement {} ({:.1}s)",
-                r.name,
-                r.encoder,
-                r.k,
-                pct(r.reconstruction_top1),
-                pct(r.base_top1),
-                pct(r.agreement_with_base),
-                r.seconds
-            );
-            report.parity.push(r);
+            report.parity.push(measure_parity(path, pm, &f, set, &logits, &args)?);
         }
     }
     for (path, pm) in &parities {
         if !report.parity.iter().any(|r| r.name == pm.name) {
-            eprintln!("accuracy: skipping {}: its base '{}' is not in {}", path.display(), pm.base.as_deref().unwrap_or("?"), args.models.display());
+            eprintln!("accuracy: skipping {}: its base '{}' is not in {}", path.display(), pm.base.as_deref().unwrap_or("?"), models.display());
         }
     }
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let md = args.out.join("accuracy.md");
-    let json = args.out.join("accuracy.json");
-    std::fs::write(&md, markdown(&report)).with_context(|| format!("writing {}", md.display()))?;
-    std::fs::write(&json, serde_json::to_string_pretty(&report)? + "\n").with_context(|| format!("writing {}", json.display()))?;
+    write_report(&report, &out)
+}
+
+/// A parity model's manifest, and where it is.
+type ParityManifest = (PathBuf, ModelManifest);
+
+/// The manifests in `models`: the base models' paths, and the parity models' with their
+/// manifests.
+fn manifests_by_role(models: &Path) -> anyhow::Result<(Vec<PathBuf>, Vec<ParityManifest>)> {
+    let mut bases = Vec::new();
+    let mut parities = Vec::new();
+    for path in manifest_paths(models)? {
+        let (m, _) = ModelManifest::load(&path)?;
+        match m.role.as_str() {
+            "base" => bases.push(path),
+            "parity" => parities.push((path, m)),
+            other => eprintln!("accuracy: skipping {}: unknown role '{other}'", path.display()),
+        }
+    }
+    Ok((bases, parities))
+}
+
+/// F's top-1 over the test set, and its logits (which the decoder subtracts).
+fn measure_base(f: &Model, set: &TestSet) -> anyhow::Result<(BaseResult, Vec<Vec<f32>>)> {
+    let t0 = Instant::now();
+    let logits = run(f, &set.data.images)?;
+    let correct = logits.iter().zip(&set.data.labels).filter(|(l, &y)| top1(l) == Some(usize::from(y))).count();
+    let top = correct as f64 / set.data.len().max(1) as f64;
+    let dataset = &f.manifest.dataset;
+    eprintln!("accuracy: F {} on {dataset}: top-1 {} ({:.1}s)", f.manifest.name, pct(top), t0.elapsed().as_secs_f64());
+    let base = BaseResult { name: f.manifest.name.clone(), dataset: dataset.clone(), test_examples: set.data.len(), top1: top, seconds: t0.elapsed().as_secs_f64() };
+    Ok((base, logits))
+}
+
+/// Degraded-mode accuracy of the parity model at `path` over `args.groupings` groupings,
+/// after checking that parm-core's encoder builds the parity inputs training did.
+fn measure_parity(path: &Path, pm: &ModelManifest, f: &Model, set: &TestSet, logits: &[Vec<f32>], args: &Args) -> anyhow::Result<ParityResult> {
+    let dataset = &f.manifest.dataset;
+    if &pm.dataset != dataset {
+        bail!("{}: data set {} differs from its base's ({dataset})", path.display(), pm.dataset);
+    }
+    let t0 = Instant::now();
+    let fp = Model::load(path)?;
+    let (full, partial, per_grouping) = evaluate_parity(&fp, set, logits, args.seed, args.groupings)?;
+    let (groups, total, correct, agree, base_correct) = (full.groups, full.total, full.correct, full.agree, full.base_correct);
+    let encoder: ParityEncoder = pm.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!(e))?;
+    let encoder_max_difference = encoder_difference(path, encoder, pm.k.unwrap_or_default(), set)?;
+    // Reference inputs are rounded to 7 significant digits: values up to 4 differ by < 1e-6.
+    if let Some(d) = encoder_max_difference {
+        if d > 1e-5 {
+            bail!(
+                "{}: parm-core's {encoder} encoder builds different parity inputs than training did \
+                 (largest difference {d:e} on the manifest's reference groups); the decoded accuracy would be meaningless",
+                path.display()
+            );
+        }
+    }
+    let share = |n: usize| n as f64 / total.max(1) as f64;
+    let r = ParityResult {
+        name: pm.name.clone(),
+        base: f.manifest.name.clone(),
+        dataset: dataset.clone(),
+        encoder: pm.encoder.clone().unwrap_or_default(),
+        k: pm.k.unwrap_or_default(),
+        groups,
+        reconstructions: total,
+        base_top1: share(base_correct),
+        reconstruction_top1: share(correct),
+        reconstruction_top1_per_grouping: per_grouping,
+        agreement_with_base: share(agree),
+        partial_agreement_with_base: (partial.total > 0).then(|| partial.agree as f64 / partial.total as f64),
+        gap_points: 100.0 * (base_correct as f64 - correct as f64) / total.max(1) as f64,
+        paper: paper_figure(dataset, pm.k.unwrap_or_default()),
+        encoder_max_difference,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    eprintln!(
+        "accuracy: Fp {} ({} k={}): reconstruction {} (F {} on the same examples), agreement {} ({:.1}s)",
+        r.name,
+        r.encoder,
+        r.k,
+        pct(r.reconstruction_top1),
+        pct(r.base_top1),
+        pct(r.agreement_with_base),
+        r.seconds
+    );
+    Ok(r)
+}
+
+/// Writes `accuracy.md` and `accuracy.json` into `out`.
+fn write_report(report: &Report, out: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let md = out.join("accuracy.md");
+    let json = out.join("accuracy.json");
+    std::fs::write(&md, markdown(report)).with_context(|| format!("writing {}", md.display()))?;
+    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n").with_context(|| format!("writing {}", json.display()))?;
     eprintln!("accuracy: wrote {} and {}", md.display(), json.display());
     Ok(())
 }

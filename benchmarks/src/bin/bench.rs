@@ -20,6 +20,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Flags of `bench`: the scenarios to run and where the results go.
 #[derive(Parser, Debug)]
 #[command(about = "Tail-latency benchmark: parm against none, equal resources and hedged requests")]
 struct Args {

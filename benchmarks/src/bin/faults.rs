@@ -23,6 +23,7 @@ use parm_benchmarks::fault_scenario::FaultScenario;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// Flags of `faults`: the fault scenario to run and where the results go.
 #[derive(Parser, Debug)]
 #[command(about = "Fault benchmark: a fault schedule against a live, salted stream; every valid query must get its result")]
 struct Args {

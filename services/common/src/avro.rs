@@ -67,6 +67,7 @@ fn splice(node: &mut serde_json::Value, name: &str, definition: &serde_json::Val
     }
 }
 
+/// A built-in schema with its writer and reader, made once per record type.
 struct Codec {
     schema: &'static Schema,
     writer: GenericDatumWriter<'static>,

@@ -63,6 +63,7 @@ pub fn init_tracing(service: &str, args: &TelemetryArgs) -> anyhow::Result<Telem
     Ok(TelemetryGuard(Some(provider)))
 }
 
+/// A record's headers as the OpenTelemetry propagator reads them (`traceparent`).
 struct HeaderExtractor<'a>(HashMap<&'a str, &'a str>);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -74,6 +75,7 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Where the OpenTelemetry propagator writes a context, to become record headers.
 #[derive(Default)]
 struct MapInjector(HashMap<String, String>);
 

@@ -35,6 +35,7 @@ pub struct ClosedGroup<Q> {
     pub members: Vec<Pending<Q>>,
 }
 
+/// A coding group still filling on one input partition: when it opened, its members so far.
 #[derive(Debug)]
 struct OpenGroup<Q> {
     opened_at: u64,

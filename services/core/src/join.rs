@@ -168,6 +168,8 @@ pub enum Event<M = ()> {
     Evicted { group_id: String },
 }
 
+/// One member query of a group: what the manifest says of it, its real prediction once
+/// in, and how it was answered (the source, and the top-1 class given).
 #[derive(Debug)]
 struct Member<M> {
     spec: MemberSpec<M>,
@@ -175,6 +177,7 @@ struct Member<M> {
     answered: Option<(Source, Option<usize>)>,
 }
 
+/// An open group: its members, the parity output once in, and what rules out decoding.
 #[derive(Debug)]
 struct Group<M> {
     members: Vec<Member<M>>,
@@ -210,6 +213,8 @@ impl Waiting {
     }
 }
 
+/// Where a group is in its life: open (its manifest is in), waiting for its manifest
+/// (predictions came first), or done.
 #[derive(Debug)]
 enum State<M> {
     Open(Group<M>),

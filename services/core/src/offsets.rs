@@ -16,6 +16,8 @@ pub struct Origin {
     pub offset: i64,
 }
 
+/// One partition: the next offset after the highest seen, and the offsets still held
+/// (with how many holders each) below which nothing may be committed.
 #[derive(Debug, Default)]
 struct PartitionState {
     next: i64,

@@ -43,6 +43,9 @@ const RESTORE_FROM: &str = "restore_from";
 type Snapshot = (u64, Vec<(u8, i32, i64)>);
 
 
+/// One decoder session's state: the join of every open group, the answers given, the
+/// results not yet acknowledged and the offsets they hold back, and (exactly once) its
+/// transaction.
 struct Decoder {
     args: DecoderArgs,
     group: String,

@@ -45,6 +45,8 @@ struct Accepted {
     delivery: Option<DeliveryFuture>,
 }
 
+/// One encoder session's state: its flags and plan, the open coding groups, where members
+/// and parity go, the records not yet acknowledged, and (exactly once) its transaction.
 struct Encoder {
     args: EncoderArgs,
     group: String,

@@ -21,6 +21,7 @@ struct Cli {
     command: Command,
 }
 
+/// The subcommands: the four services, and the tools around them.
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Group queries, send members to model workers, parity queries to parity workers, manifests to the decoder.

@@ -22,12 +22,21 @@ impl Mnist {
     pub fn load(images: &Path, labels: &Path) -> anyhow::Result<Self> {
         let img = std::fs::read(images).with_context(|| format!("reading MNIST images {}", images.display()))?;
         let lab = std::fs::read(labels).with_context(|| format!("reading MNIST labels {}", labels.display()))?;
-        let (dims, pixels) = parse_idx(&img, 0x0803)?;
-        let (ldims, labels) = parse_idx(&lab, 0x0801)?;
+        Self::from_idx(&img, &lab)
+    }
+
+    /// Parses an images file and a labels file in the IDX format (their bytes, already
+    /// decompressed). Fashion-MNIST uses the same format.
+    pub fn from_idx(img: &[u8], lab: &[u8]) -> anyhow::Result<Self> {
+        let (dims, pixels) = parse_idx(img, 0x0803)?;
+        let (ldims, labels) = parse_idx(lab, 0x0801)?;
         if dims.len() != 3 || ldims.len() != 1 || dims[0] != ldims[0] {
             bail!("MNIST files disagree: images {dims:?}, labels {ldims:?}");
         }
         let (h, w) = (dims[1], dims[2]);
+        if h == 0 || w == 0 {
+            bail!("IDX images of {h}x{w} pixels");
+        }
         let images = pixels
             .chunks_exact(h * w)
             .map(|c| Tensor::new(vec![1, h, w], c.iter().map(|&p| p as f32 / 255.0).collect()))
@@ -41,6 +50,12 @@ impl Mnist {
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
+    }
+
+    /// Keeps only the first `n` examples.
+    pub fn truncate(&mut self, n: usize) {
+        self.images.truncate(n);
+        self.labels.truncate(n);
     }
 }
 

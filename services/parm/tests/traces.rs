@@ -18,16 +18,19 @@ use parm_worker::Role;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+/// The encoder's flags, parsed the way `parm encoder` parses them.
 #[derive(Parser)]
 struct Encoder {
     #[command(flatten)]
     a: parm_encoder::EncoderArgs,
 }
+/// A worker's flags, parsed the way `parm model-worker` parses them.
 #[derive(Parser)]
 struct Worker {
     #[command(flatten)]
     a: parm_worker::WorkerArgs,
 }
+/// The decoder's flags, parsed the way `parm decoder` parses them.
 #[derive(Parser)]
 struct Decoder {
     #[command(flatten)]

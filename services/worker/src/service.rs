@@ -36,6 +36,9 @@ struct Item {
     cx: Context,
 }
 
+/// One worker session's state: its role and model, the records not yet acknowledged, the
+/// injected delay, what is known answered (`--skip-answered`) and (exactly once) its
+/// transaction.
 struct Worker {
     role: Role,
     name: String,

@@ -5,6 +5,7 @@ use parm_common::kafka::KafkaArgs;
 use parm_common::now_ms;
 use std::time::Duration;
 
+/// Flags of `parm consume`: which results to print, and when to stop.
 #[derive(clap::Args, Debug)]
 pub struct ConsumeArgs {
     #[command(flatten)]

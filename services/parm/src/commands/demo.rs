@@ -18,6 +18,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
+/// Flags of `parm demo`: the deployment it starts and the load it sends.
 #[derive(clap::Args, Debug)]
 pub struct DemoArgs {
     /// Kafka bootstrap servers; default: start a local broker with scripts/kafka-local.

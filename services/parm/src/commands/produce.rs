@@ -6,6 +6,7 @@ use parm_common::kafka::KafkaArgs;
 use parm_common::now_ms;
 use std::time::Duration;
 
+/// Flags of `parm produce`: how many MNIST test images to send as queries, and how fast.
 #[derive(clap::Args, Debug)]
 pub struct ProduceArgs {
     #[command(flatten)]

@@ -2,6 +2,7 @@
 
 use parm_common::kafka::{create_topics, partition_count, KafkaArgs, TopicLayout};
 
+/// Flags of `parm topics`: the deployment (prefix, broker) and what to do with its topics.
 #[derive(clap::Args, Debug)]
 pub struct TopicsArgs {
     #[command(flatten)]
@@ -10,6 +11,7 @@ pub struct TopicsArgs {
     pub action: TopicsAction,
 }
 
+/// What `parm topics` does.
 #[derive(clap::Subcommand, Debug)]
 pub enum TopicsAction {
     /// Create every topic of the deployment (existing ones are kept if they match).
