@@ -557,7 +557,8 @@ impl<M: Clone> Join<M> {
                 }
             }
             State::Open(g) => {
-                decide(g, id, &self.config, &self.lagging, now, timed, &mut self.events, &mut newly_lagging);
+                let moment = Moment { config: &self.config, lagging: &self.lagging, now, timed };
+                newly_lagging = moment.decide(g, id, &mut self.events);
                 match next_wakeup(g, &self.config, &self.lagging, now) {
                     Some(t) => Next::Wake(t),
                     None => match drop_at(g, &self.config, now) {
@@ -657,44 +658,50 @@ fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
     }
 }
 
-/// Decides what each unanswered member of an open group gets at `now`.
-#[allow(clippy::too_many_arguments)]
-fn decide<M: Clone>(
-    g: &mut Group<M>,
-    id: &str,
-    config: &JoinConfig,
-    lagging: &HashSet<i32>,
+/// What a decision goes by: the join's settings, the model partitions known to lag, the
+/// time, and whether a timer fired (deadlines act only then; an arrival decides at once
+/// only what needs no deadline).
+struct Moment<'a> {
+    config: &'a JoinConfig,
+    lagging: &'a HashSet<i32>,
     now: u64,
     timed: bool,
-    events: &mut VecDeque<Event<M>>,
-    newly_lagging: &mut Vec<i32>,
-) {
-    for j in 0..g.members.len() {
-        if g.members[j].answered.is_some() {
-            continue;
-        }
-        let (deadline_at, hard_deadline_at, partition) = {
-            let spec = &g.members[j].spec;
-            (spec.deadline_at, spec.hard_deadline_at, spec.model_partition)
-        };
-        let past_deadline = timed && now >= deadline_at;
-        if past_deadline && g.members[j].output.is_none() && config.lag_awareness {
-            newly_lagging.push(partition);
-        }
-        let (source, output) = if let Some(out) = &g.members[j].output {
-            (Source::Model, out.clone())
-        } else {
-            let allowed = match config.policy {
-                Policy::Eager => true,
-                Policy::Deadline => past_deadline || (config.lag_awareness && lagging.contains(&partition)),
-            };
-            match allowed.then(|| try_reconstruct(g, j)).flatten() {
-                Some(out) => (Source::Reconstructed, out),
-                None if timed && now >= hard_deadline_at => (Source::Unavailable, Vec::new()),
-                None => continue,
+}
+
+impl Moment<'_> {
+    /// Decides what each unanswered member of an open group gets, queueing its result in
+    /// `events`; returns the model partitions that this decision shows to be lagging.
+    fn decide<M: Clone>(&self, g: &mut Group<M>, id: &str, events: &mut VecDeque<Event<M>>) -> Vec<i32> {
+        let Moment { config, lagging, now, timed } = *self;
+        let mut newly_lagging = Vec::new();
+        for j in 0..g.members.len() {
+            if g.members[j].answered.is_some() {
+                continue;
             }
-        };
-        answer_member(g, j, id, source, output, now, events);
+            let (deadline_at, hard_deadline_at, partition) = {
+                let spec = &g.members[j].spec;
+                (spec.deadline_at, spec.hard_deadline_at, spec.model_partition)
+            };
+            let past_deadline = timed && now >= deadline_at;
+            if past_deadline && g.members[j].output.is_none() && config.lag_awareness {
+                newly_lagging.push(partition);
+            }
+            let (source, output) = if let Some(out) = &g.members[j].output {
+                (Source::Model, out.clone())
+            } else {
+                let allowed = match config.policy {
+                    Policy::Eager => true,
+                    Policy::Deadline => past_deadline || (config.lag_awareness && lagging.contains(&partition)),
+                };
+                match allowed.then(|| try_reconstruct(g, j)).flatten() {
+                    Some(out) => (Source::Reconstructed, out),
+                    None if timed && now >= hard_deadline_at => (Source::Unavailable, Vec::new()),
+                    None => continue,
+                }
+            };
+            answer_member(g, j, id, source, output, now, events);
+        }
+        newly_lagging
     }
 }
 
