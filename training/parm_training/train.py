@@ -5,6 +5,9 @@ targets are F's logits on un-augmented inputs, computed once; Fp has F's archite
 a random init; loss MSE(Fp(P), sum_i F(Xi)); Adam lr 1e-3, weight decay 1e-5; 64 groups
 per minibatch for k = 2 (32 for k >= 3); every single-erasure pattern is decoded on the
 validation groups and the epoch with the best reconstruction top-1 (agreement with F) wins.
+
+One module a little over 400 lines: F's training, Fp's training and the agreement they
+are judged by share the groupings, targets and validation code, kept side by side.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@
 //! cargo run --release -p parm-benchmarks --bin accuracy -- [--models DIR] [--out DIR] [--seed N] [--groupings N] [--limit N]
 //! cargo run --release -p parm-benchmarks --bin accuracy -- --help
 //! ```
+//!
+//! One tool end to end (load, measure, check the encoder against training, report), a
+//! little over 400 lines: each step is its own function, in the order they run.
 
 use anyhow::{bail, Context as _};
 use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};

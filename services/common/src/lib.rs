@@ -4,9 +4,11 @@
 //!
 //! - [`avro`]: schemas from `schemas/*.avsc` and the binary codec.
 //! - [`records`]: the Rust form of every record on every topic.
-//! - [`kafka`]: connection settings, topic names, producer/consumer setup, admin, headers.
+//! - [`kafka`]: connection settings, producer/consumer setup, offsets, headers.
+//! - [`topics`]: a deployment's topic names and layout, creating them, partition counts.
 //! - [`quarantine`]: a record whose handler panics is dead-lettered, not replayed forever.
-//! - [`rebalance`]: the consumer context: rebalances that keep state, consumer lag.
+//! - [`rebalance`]: the consumer context: rebalances that keep state, consumer lag,
+//!   rejoining after a fencing.
 //! - [`trouble`]: which Kafka errors are ridden out and which end a service.
 //! - [`telemetry`]: logging, OpenTelemetry tracing with W3C `traceparent` in Kafka headers.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and consumer-lag gauges.
@@ -30,6 +32,7 @@ pub mod records;
 pub mod service_args;
 pub mod shutdown;
 pub mod telemetry;
+pub mod topics;
 pub mod trouble;
 
 /// Milliseconds since the Unix epoch: the one clock every service uses.

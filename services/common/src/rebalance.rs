@@ -1,4 +1,6 @@
-//! The consumer context: rebalances that keep a service's state, and consumer lag.
+//! The consumer context: rebalances that keep a service's state, and consumer lag; and
+//! what a service does when its group membership changes under it ([`reassigned`],
+//! [`Rejoin`] after a fencing).
 //!
 //! A rebalance does not have to throw a service's state away. When the group hands an
 //! instance back partitions it held before (a broker restart, a session that timed out
@@ -13,7 +15,11 @@
 //! service aborts its open transaction, drops its state and restarts every partition at
 //! its committed offset, which the transactions keep in step with what was written.
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use crate::kafka::KafkaArgs;
+use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use std::time::Duration;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -170,6 +176,123 @@ impl ConsumerContext for ParmContext {
 
 fn describe(tpl: &TopicPartitionList) -> Vec<String> {
     tpl.elements().iter().map(|e| format!("{}[{}]", e.topic(), e.partition())).collect()
+}
+
+/// Rejoins a consumer group after the broker fenced this static member.
+///
+/// With `--instance-id`, a broker restart or a coordinator moving to another broker can
+/// leave the group coordinator holding an old member id for this instance; librdkafka then
+/// reports `FENCED_INSTANCE_ID`, a fatal consumer error, although no other process has the
+/// id. A fresh consumer with the same instance id takes the membership back, as a
+/// restarted process would. It shares the old one's rebalance counter and positions, so the
+/// service sees a rebalance, resumes every partition it gets back where it left off and
+/// keeps its state: no replay, no duplicate. While a coordinator settles, the fresh one can
+/// be fenced again; each rejoin waits a little longer (up to 5 s). More than
+/// [`Rejoin::MAX_FENCINGS`] within [`Rejoin::WINDOW`] means another process really has
+/// the id (two such processes fence each other at every join), and ends the service.
+#[derive(Debug)]
+pub struct Rejoin {
+    group: String,
+    topics: Vec<String>,
+    fenced_at: std::collections::VecDeque<std::time::Instant>,
+    /// A fencing was noticed and the consumer not yet replaced.
+    pending: bool,
+}
+
+impl Rejoin {
+    pub const MAX_FENCINGS: usize = 5;
+    pub const WINDOW: Duration = Duration::from_secs(600);
+
+    pub fn new(group: &str, topics: &[&str]) -> Self {
+        Self { group: group.to_string(), topics: topics.iter().map(|t| t.to_string()).collect(), fenced_at: Default::default(), pending: false }
+    }
+
+    /// Whether a consumer error is this member's fencing; if so, [`Rejoin::pending`] holds
+    /// until [`Rejoin::rejoin`]. A service loop notices it where it reads, and rejoins
+    /// where no message borrows the consumer.
+    pub fn noticed(&mut self, consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
+        let fenced = fenced(consumer, e);
+        self.pending |= fenced;
+        fenced
+    }
+
+    pub fn pending(&self) -> bool {
+        self.pending
+    }
+
+    /// Replaces a fenced consumer with a fresh member of the same group and topics.
+    pub fn rejoin(&mut self, kafka: &KafkaArgs, old: StreamConsumer<ParmContext>, service: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
+        self.pending = false;
+        let now = std::time::Instant::now();
+        while self.fenced_at.front().is_some_and(|t| now.duration_since(*t) > Self::WINDOW) {
+            self.fenced_at.pop_front();
+        }
+        self.fenced_at.push_back(now);
+        let times = self.fenced_at.len();
+        if times > Self::MAX_FENCINGS {
+            bail!(
+                "{service}: fenced {times} times within {:?}: another process joined group {} with the same --instance-id; give every instance its own id",
+                Self::WINDOW,
+                self.group
+            );
+        }
+        tracing::warn!(%service, group = %self.group, times, "the broker fenced this static member (a stale member id after a broker restart or a coordinator move); rejoining with a fresh consumer");
+        let (counter, positions, delivery) = (old.context().rebalances.clone(), old.context().positions.clone(), old.context().delivery);
+        let backoff = Duration::from_millis(500 * times as u64).min(Duration::from_secs(5));
+        // Closing a fenced consumer talks to no coordinator; and a fenced member has no
+        // input to serve while it waits: both off the async threads.
+        tokio::task::block_in_place(|| {
+            drop(old);
+            std::thread::sleep(backoff);
+        });
+        let fresh = kafka.consumer_sharing(&self.group, counter, positions, delivery)?;
+        let topics: Vec<&str> = self.topics.iter().map(String::as_str).collect();
+        fresh.subscribe(&topics).with_context(|| format!("subscribing again to {topics:?}"))?;
+        Ok(fresh)
+    }
+}
+
+/// Whether a consumer error means the broker fenced this static member (the error itself
+/// says so, or it is the generic fatal error and the client's fatal error is the fencing).
+fn fenced(consumer: &StreamConsumer<ParmContext>, e: &KafkaError) -> bool {
+    crate::trouble::is_fenced_instance(e)
+        || (matches!(e, KafkaError::MessageConsumptionFatal(_))
+            && consumer.client().fatal_error().is_some_and(|(code, _)| code == RDKafkaErrorCode::FencedInstanceId))
+}
+
+/// What a rebalance changed for a service, once it sees the new assignment.
+#[derive(Debug, Default)]
+pub struct Reassignment {
+    /// Partitions assigned now (the ones this instance held before resume where it was).
+    pub assigned: HashSet<(String, i32)>,
+    /// Partitions assigned now that this instance held state for: they resume where it
+    /// left off. The others start from the committed offset.
+    pub resumed: HashSet<(String, i32)>,
+    /// Partitions this instance held state for and no longer owns: drop that state.
+    pub dropped: Vec<(String, i32)>,
+}
+
+/// Reads the consumer's assignment after a rebalance and forgets the positions of the
+/// partitions it lost (see `rebalance`).
+pub fn reassigned(consumer: &StreamConsumer<ParmContext>) -> Reassignment {
+    let assigned: HashSet<(String, i32)> = consumer
+        .assignment()
+        .map(|tpl| tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect())
+        .unwrap_or_default();
+    let positions = consumer.context().positions();
+    let resumed = assigned.iter().filter(|(t, p)| positions.holds(t, *p)).cloned().collect();
+    let dropped = positions.retain(&assigned);
+    if !dropped.is_empty() {
+        tracing::info!(?dropped, "partitions moved to another instance: their state is dropped");
+    }
+    Reassignment { assigned, resumed, dropped }
+}
+
+/// Records that a message was read, so that a rebalance that gives its partition back
+/// resumes after it.
+pub fn consumed(consumer: &StreamConsumer<ParmContext>, msg: &rdkafka::message::BorrowedMessage<'_>) {
+    use rdkafka::Message;
+    consumer.context().positions().consumed(msg.topic(), msg.partition(), msg.offset());
 }
 
 #[cfg(test)]

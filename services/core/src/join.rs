@@ -22,6 +22,11 @@
 //! may close the same group with other members; a manifest that disagrees with the one
 //! already seen adds its new members, and the group is then never reconstructed (its
 //! parity may encode either version): its queries get real predictions or `Unavailable`.
+//!
+//! Why one long file: it is one state machine, and its transitions (a manifest, a
+//! prediction, a parity output, a timer, an eviction) keep shared invariants (one answer
+//! per query, bounded memory, offsets held by open groups) that are checked more easily in
+//! one place. Its tests are in `join/tests.rs`.
 
 use crate::decode::reconstruct;
 use crate::offsets::{OffsetTracker, Origin};

@@ -1,4 +1,9 @@
 //! The decoder loop: feed the join, write its decisions, commit what is safe.
+//!
+//! Over 400 lines on purpose: the session loop and the handlers it calls share the
+//! session's state (consumer, producer, outbox, transaction), and splitting them would
+//! pass that state around. The decisions are in `parm_core`, the Kafka plumbing and the
+//! delivery modes in `parm_common`; what is left here is the decoder's I/O.
 
 use crate::catch_up::CatchUp;
 use crate::config::DecoderArgs;

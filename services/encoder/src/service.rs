@@ -1,4 +1,9 @@
 //! The encoder loop: consume queries, close groups, produce members, parity and manifest.
+//!
+//! Over 400 lines on purpose: the session loop and the handlers it calls share the
+//! session's state (consumer, producer, outbox, transaction), and splitting them would
+//! pass that state around. The decisions are in `parm_core`, the Kafka plumbing and the
+//! delivery modes in `parm_common`; what is left here is the encoder's I/O.
 
 use crate::config::{CodingPlan, EncoderArgs};
 use crate::intake::{self, Admitted, Limits};

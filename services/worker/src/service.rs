@@ -1,5 +1,10 @@
 //! The worker loop: gather a micro-batch, run the model off the async threads, write one
 //! prediction per query to its group's decoder partition.
+//!
+//! Over 400 lines on purpose: the session loop and the handlers it calls share the
+//! session's state (consumer, producer, outbox, transaction), and splitting them would
+//! pass that state around. The decisions are in `parm_core`, the Kafka plumbing and the
+//! delivery modes in `parm_common`; what is left here is the worker's I/O.
 
 use parm_core::answered::Answered;
 use crate::config::{Role, WorkerArgs};
