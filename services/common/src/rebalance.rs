@@ -18,7 +18,8 @@
 use crate::kafka::KafkaArgs;
 use anyhow::{bail, Context as _};
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::BorrowedMessage;
 use std::time::Duration;
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::types::RDKafkaRespErr;
@@ -218,6 +219,23 @@ impl Rejoin {
 
     pub fn pending(&self) -> bool {
         self.pending
+    }
+
+    /// What a read gives a service loop: the message, or `None` after an error that is
+    /// ridden out: a transient one (logged by `trouble::ride_out`), or this member's
+    /// fencing (then [`Rejoin::pending`] holds). An error that is fatal ends the service.
+    pub fn readable<'a>(
+        &mut self,
+        read: KafkaResult<BorrowedMessage<'a>>,
+        consumer: &StreamConsumer<ParmContext>,
+        service: &str,
+        doing: &str,
+    ) -> anyhow::Result<Option<BorrowedMessage<'a>>> {
+        match read {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if self.noticed(consumer, &e) => Ok(None),
+            Err(e) => crate::trouble::ride_out(e, service, doing).map(|()| None),
+        }
     }
 
     /// Replaces a fenced consumer with a fresh member of the same group and topics.

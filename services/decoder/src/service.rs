@@ -19,7 +19,7 @@ use parm_common::records::{QueryResult, ResultSource};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
-use parm_common::{avro, dead_letter, now_ms, trouble};
+use parm_common::{avro, dead_letter, now_ms};
 use parm_core::answers::Answers;
 use parm_core::clock::ClockSkew;
 use parm_core::join::Event;
@@ -142,14 +142,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             }
             _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()), if commit_due.is_some() => {}
             msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) if rejoin.noticed(&consumer, &e) => continue,
-                    Err(e) => {
-                        trouble::ride_out(e, SERVICE, "reading groups and predictions")?;
-                        continue;
-                    }
-                };
+                let Some(msg) = rejoin.readable(msg, &consumer, SERVICE, "reading groups and predictions")? else { continue };
                 if rebalances.get() != generation {
                     generation = rebalances.get();
                     d.on_reassigned(&consumer).await?;

@@ -164,14 +164,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
                 }
             }
             msg = consumer.recv() => {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) if rejoin.noticed(&consumer, &e) => continue,
-                    Err(e) => {
-                        trouble::ride_out(e, SERVICE, "reading queries")?;
-                        continue;
-                    }
-                };
+                let Some(msg) = rejoin.readable(msg, &consumer, SERVICE, "reading queries")? else { continue };
                 if rebalances.get() != generation {
                     generation = rebalances.get();
                     enc.on_reassigned(&consumer).await?;

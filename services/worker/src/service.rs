@@ -22,7 +22,7 @@ use parm_common::records::{ParityPrediction, Prediction, QueryResult};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
 use parm_common::quarantine::guard;
-use parm_common::{avro, dead_letter, now_ms, trouble};
+use parm_common::{avro, dead_letter, now_ms};
 use parm_core::offsets::Origin;
 use parm_core::Tensor;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -152,10 +152,9 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
                 w.commit(&consumer, &rebalances, generation).await?;
                 continue;
             }
-            msg = consumer.recv() => match msg {
-                Ok(m) => m,
-                Err(e) if rejoin.noticed(&consumer, &e) => continue,
-                Err(e) => { trouble::ride_out(e, w.service(), "reading queries")?; continue; }
+            msg = consumer.recv() => match rejoin.readable(msg, &consumer, w.service(), "reading queries")? {
+                Some(m) => m,
+                None => continue,
             },
         };
         let reassigned = rebalances.get() != generation;
@@ -168,8 +167,8 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
         let until = Instant::now() + max_wait;
         while batch.len() < max_batch {
             tokio::select! {
-                msg = consumer.recv() => match msg {
-                    Ok(m) => {
+                msg = consumer.recv() => match rejoin.readable(msg, &consumer, w.service(), "reading queries")? {
+                    Some(m) => {
                         if w.txn.is_some() && rebalances.get() != generation {
                             // Exactly once, the new assignment starts at the committed
                             // offsets: what was gathered before it comes again from there
@@ -181,8 +180,8 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
                         kafka::consumed(&consumer, &m);
                         batch.push(m);
                     }
-                    Err(e) if rejoin.noticed(&consumer, &e) => break,
-                    Err(e) => trouble::ride_out(e, w.service(), "reading queries")?,
+                    None if rejoin.pending() => break, // fenced: rejoin before reading on
+                    None => {}
                 },
                 _ = tokio::time::sleep_until(until.into()) => break,
             }
