@@ -10,15 +10,19 @@
 //! (`--delay-fixed-ms`, `--delay-exp-ms`), and the slowdown episodes are the worker's
 //! seeded delay model (`--slow-episode-*`); see `services/worker/src/delay.rs`.
 
-use crate::scenario::{Mode, RunSpec, Scenario};
+mod deployment;
+
+pub use deployment::topology;
+
+use crate::scenario::{Contention, KafkaVariant, Mode, RunSpec, Scenario, Service};
 use anyhow::Context;
+use deployment::{deployment_spec, Plan};
 use hdrhistogram::Histogram;
 use parm::client::{run_schedule, Client, Hedge, HedgeDelay, Load};
-use parm::launch::{Deployment, DeploymentSpec};
+use parm::launch::Deployment;
 use parm::mnist::Mnist;
 use parm::report::Report;
 use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
-use parm_common::model::resolve;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -41,12 +45,12 @@ pub struct RunResult {
     pub mode: Mode,
     pub k: usize,
     pub rate: f64,
-    pub contention: crate::scenario::Contention,
-    pub kafka: crate::scenario::KafkaVariant,
+    pub contention: Contention,
+    pub kafka: KafkaVariant,
     pub model_workers: usize,
     pub parity_workers: usize,
     pub parity_model: Option<String>,
-    pub service: crate::scenario::Service,
+    pub service: Service,
     /// Queries counted (after the warm-up).
     pub measured: usize,
     pub report: Report,
@@ -62,16 +66,6 @@ pub struct RunResult {
     pub wall_s: f64,
     /// (latency ms, quantile) points of the latency distribution.
     pub cdf: Vec<(f64, f64)>,
-}
-
-/// The worker counts of a mode.
-pub fn topology(mode: Mode, n: usize, k: usize) -> (usize, usize) {
-    let extra = (n / k).max(1);
-    match mode {
-        Mode::None => (n, 0),
-        Mode::Equal | Mode::Hedge => (n + extra, 0),
-        Mode::Parm | Mode::ParmEager => (n, extra),
-    }
 }
 
 /// Busy-loop processes that compete for the CPU for as long as this lives.
@@ -121,123 +115,13 @@ pub async fn run_one(
 ) -> anyhow::Result<RunResult> {
     let started = Instant::now();
     let load_before = load_average();
-    let n = scn.model_workers;
-    let (model_workers, parity_workers) = topology(spec.mode, n, spec.k);
-    let parity_model = scn.parity_model(spec.k);
-    // Without parity, groups only keep the decoder's bookkeeping: any parity manifest
-    // gives the encoder a k; the worker counts above carry the k of the comparison.
-    let encoder_plan = if spec.mode.has_parity() || resolve(&parity_model).exists() { parity_model.clone() } else { scn.parity_model(2) };
-    if spec.mode.has_parity() && !resolve(&parity_model).exists() {
-        anyhow::bail!("no parity model {parity_model} in models/: k = {} needs a trained parity model (training/README.md)", spec.k);
-    }
-
-    let prefix = format!("bench-{}-{}", scn.name, parm_common::now_ms());
-    let kafka_set: Vec<(String, String)> = spec
-        .kafka
-        .set
-        .iter()
-        .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("kafka setting '{kv}' is not KEY=VALUE")))
-        .collect::<anyhow::Result<_>>()?;
-    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix.clone(), kafka_set: kafka_set.clone(), instance_id: None };
-    let layout = TopicLayout {
-        query_partitions: 1,
-        model_partitions: model_workers as i32,
-        parity_partitions: parity_workers.max(1) as i32,
-        decoder_partitions: 1,
-    };
-    create_topics(&kafka, &layout).await?;
-    let topics = TopicsGuard { kafka: kafka.clone() };
-
-    let svc = &scn.service;
-    let kafka_flags: Vec<String> = spec.kafka.set.iter().flat_map(|kv| ["--kafka-set".to_string(), kv.clone()]).collect();
-    let mut d = DeploymentSpec::new(env.brokers, &prefix, model_workers, parity_workers);
-    d.log_dir = env.log_dir.join(spec.label());
-    if let Some(delivery) = &spec.kafka.delivery {
-        d.service_env.push(("PARM_DELIVERY".into(), delivery.clone()));
-    }
-    if let Some(ms) = spec.kafka.commit_interval_ms {
-        d.service_env.push(("PARM_COMMIT_INTERVAL_MS".into(), ms.to_string()));
-    }
-    d.encoder_args = flags([
-        ("--parity-model", encoder_plan),
-        ("--deadline-ms", svc.deadline_ms.to_string()),
-        ("--hard-deadline-ms", svc.hard_deadline_ms.to_string()),
-        ("--linger-ms", svc.linger_ms.to_string()),
-    ]);
-    if !spec.mode.has_parity() {
-        d.encoder_args.push("--no-parity".into());
-    }
-    let worker = |model: &str| -> Vec<String> {
-        flags([
-            ("--model", model.to_string()),
-            ("--max-batch", svc.max_batch.to_string()),
-            ("--max-wait-ms", svc.max_wait_ms.to_string()),
-            ("--delay-fixed-ms", svc.synthetic_ms.to_string()),
-            ("--delay-exp-ms", svc.synthetic_exp_ms.to_string()),
-        ])
-    };
-    d.model_worker_args = worker(&svc.model);
-    d.parity_worker_args = worker(&parity_model);
-    if svc.skip_answered {
-        d.model_worker_args.push("--skip-answered".into());
-        d.parity_worker_args.push("--skip-answered".into());
-    }
-    if spec.mode.has_parity() && svc.route_by_health {
-        d.encoder_args.push("--route-by-health".into());
-        for args in [&mut d.model_worker_args, &mut d.parity_worker_args] {
-            args.extend(["--report-health".to_string(), "--slow-after-ms".to_string(), svc.slow_after_ms().to_string()]);
-        }
-    }
-    let c = &spec.contention;
-    // Each worker its own episode sequence; the same worker number gets the same one in
-    // every mode, so the modes meet the same slowdowns.
-    let episodes = |seed: u64| -> Vec<String> {
-        if c.episode_rate <= 0.0 {
-            return vec![];
-        }
-        flags([
-            ("--slow-episode-rate", c.episode_rate.to_string()),
-            ("--slow-episode-ms", c.episode_ms.to_string()),
-            ("--slow-extra-ms", c.episode_extra_ms.to_string()),
-            ("--delay-seed", seed.to_string()),
-        ])
-    };
-    d.per_model_worker_args = (0..model_workers).map(|i| (i, episodes(scn.seed * 1000 + i as u64))).collect();
-    d.per_parity_worker_args = (0..parity_workers).map(|i| (i, episodes(scn.seed * 1000 + 500 + i as u64))).collect();
-    d.decoder_args = vec!["--policy".into(), if spec.mode == Mode::ParmEager { "eager".into() } else { "deadline".into() }];
-    for args in [&mut d.encoder_args, &mut d.model_worker_args, &mut d.parity_worker_args, &mut d.decoder_args] {
-        args.extend(kafka_flags.iter().cloned());
-    }
-
-    let mut deployment = Deployment::start(env.parm_exe, d)?;
-    tokio::task::block_in_place(|| deployment.wait_until_ready(Duration::from_secs(120)))?;
-    let _hogs = CpuHogs::start(c.cpu_hogs, c.cpu_hog_nice)?;
-
-    let ids: Vec<String> = (0..scn.queries).map(|i| format!("q{i}")).collect();
-    let queries: Vec<(String, parm_core::Tensor)> =
-        ids.iter().enumerate().map(|(i, id)| (id.clone(), env.data.images[i % env.data.len()].clone())).collect();
-    let labels: HashMap<String, u8> = ids.iter().enumerate().map(|(i, id)| (id.clone(), env.data.labels[i % env.data.len()])).collect();
-    let client = Client::connect(&kafka)?;
-    let mut load = Load::poisson(spec.rate);
-    load.seed = scn.seed;
-    load.result_timeout = Duration::from_millis(svc.hard_deadline_ms + 3000);
-    if spec.mode == Mode::Hedge {
-        let after = match svc.hedge_after_ms {
-            Some(ms) => HedgeDelay::Fixed(Duration::from_secs_f64(ms / 1000.0)),
-            None => HedgeDelay::Quantile { q: svc.hedge_quantile, initial: Duration::from_secs_f64((svc.deadline_ms as f64).max(1.0) / 1000.0) },
-        };
-        load.hedge = Some(Hedge { after, budget: 1.0 / spec.k as f64 });
-    }
-    let run = run_schedule(&client, &queries, &load, progress).await?;
-    deployment.check_alive()?;
-    drop(_hogs);
-    tokio::task::block_in_place(|| deployment.stop());
-    drop(topics);
+    let plan = Plan::new(scn, spec)?;
+    let workload = Workload::new(scn.queries, env.data);
+    let run = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
 
     write_query_log(&env.log_dir.join(spec.label()).join("queries.csv"), &run)?;
-    let measured: HashMap<String, u64> =
-        run.scheduled_us.iter().filter(|(id, _)| id[1..].parse::<usize>().is_ok_and(|i| i >= scn.warmup)).map(|(k, v)| (k.clone(), *v)).collect();
-    let (mut report, hist) = Report::with_histogram(&measured, &run.received, &labels);
+    let measured = measured_schedule(&run, scn.warmup);
+    let (mut report, hist) = Report::with_histogram(&measured, &run.received, &workload.labels);
     report.hedges = run.hedges;
     Ok(RunResult {
         scenario: scn.name.clone(),
@@ -247,10 +131,10 @@ pub async fn run_one(
         rate: spec.rate,
         contention: spec.contention.clone(),
         kafka: spec.kafka.clone(),
-        model_workers,
-        parity_workers,
-        parity_model: spec.mode.has_parity().then_some(parity_model),
-        service: svc.clone(),
+        model_workers: plan.model_workers,
+        parity_workers: plan.parity_workers,
+        parity_model: spec.mode.has_parity().then_some(plan.parity_model),
+        service: scn.service.clone(),
         measured: measured.len(),
         degraded_accuracy: report.reconstructed_accuracy,
         report,
@@ -263,9 +147,91 @@ pub async fn run_one(
     })
 }
 
-/// Command-line flags from (flag, value) pairs.
-fn flags<const N: usize>(pairs: [(&str, String); N]) -> Vec<String> {
-    pairs.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
+/// The queries of a run, `q0`, `q1`, ..., with MNIST test images (cycled) and their labels.
+struct Workload {
+    queries: Vec<(String, parm_core::Tensor)>,
+    labels: HashMap<String, u8>,
+}
+
+impl Workload {
+    /// `count` queries drawn in order from `data`, starting over at its end.
+    fn new(count: usize, data: &Mnist) -> Self {
+        let ids: Vec<String> = (0..count).map(|i| format!("q{i}")).collect();
+        let queries = ids.iter().enumerate().map(|(i, id)| (id.clone(), data.images[i % data.len()].clone())).collect();
+        let labels = ids.iter().enumerate().map(|(i, id)| (id.clone(), data.labels[i % data.len()])).collect();
+        Self { queries, labels }
+    }
+}
+
+/// Deploys the plan on fresh topics, waits until it is ready, sends the load under the
+/// run's contention, and takes everything down again; returns what the client saw.
+async fn run_deployed(
+    scn: &Scenario,
+    spec: &RunSpec,
+    env: &Env<'_>,
+    plan: &Plan,
+    queries: &[(String, parm_core::Tensor)],
+    progress: impl FnMut(usize, usize, usize),
+) -> anyhow::Result<parm::client::Run> {
+    let topics = create_run_topics(scn, spec, env, plan).await?;
+    let d = deployment_spec(scn, spec, env, plan, &topics.kafka.topic_prefix);
+    let mut deployment = Deployment::start(env.parm_exe, d)?;
+    tokio::task::block_in_place(|| deployment.wait_until_ready(Duration::from_secs(120)))?;
+    let hogs = CpuHogs::start(spec.contention.cpu_hogs, spec.contention.cpu_hog_nice)?;
+    let client = Client::connect(&topics.kafka)?;
+    let run = run_schedule(&client, queries, &load(scn, spec), progress).await?;
+    deployment.check_alive()?;
+    drop(hogs);
+    tokio::task::block_in_place(|| deployment.stop());
+    drop(topics);
+    Ok(run)
+}
+
+/// Creates the run's topics under a fresh prefix, a model (parity) partition per model
+/// (parity) worker; they are deleted when the returned guard is dropped.
+async fn create_run_topics(scn: &Scenario, spec: &RunSpec, env: &Env<'_>, plan: &Plan) -> anyhow::Result<TopicsGuard> {
+    let prefix = format!("bench-{}-{}", scn.name, parm_common::now_ms());
+    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix, kafka_set: kafka_settings(&spec.kafka)?, instance_id: None };
+    let layout = TopicLayout {
+        query_partitions: 1,
+        model_partitions: plan.model_workers as i32,
+        parity_partitions: plan.parity_workers.max(1) as i32,
+        decoder_partitions: 1,
+    };
+    create_topics(&kafka, &layout).await?;
+    Ok(TopicsGuard { kafka })
+}
+
+/// The variant's `KEY=VALUE` librdkafka settings as pairs.
+fn kafka_settings(kafka: &KafkaVariant) -> anyhow::Result<Vec<(String, String)>> {
+    kafka
+        .set
+        .iter()
+        .map(|kv| kv.split_once('=').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).with_context(|| format!("kafka setting '{kv}' is not KEY=VALUE")))
+        .collect()
+}
+
+/// The load generator's settings: Poisson arrivals at the run's rate seeded by the
+/// scenario, results awaited 3 s past the hard deadline, and hedged copies in `hedge` mode.
+fn load(scn: &Scenario, spec: &RunSpec) -> Load {
+    let svc = &scn.service;
+    let mut load = Load::poisson(spec.rate);
+    load.seed = scn.seed;
+    load.result_timeout = Duration::from_millis(svc.hard_deadline_ms + 3000);
+    if spec.mode == Mode::Hedge {
+        let after = match svc.hedge_after_ms {
+            Some(ms) => HedgeDelay::Fixed(Duration::from_secs_f64(ms / 1000.0)),
+            None => HedgeDelay::Quantile { q: svc.hedge_quantile, initial: Duration::from_secs_f64((svc.deadline_ms as f64).max(1.0) / 1000.0) },
+        };
+        load.hedge = Some(Hedge { after, budget: 1.0 / spec.k as f64 });
+    }
+    load
+}
+
+/// The scheduled send times of the measured queries: those past the warm-up (`q{i}`,
+/// i >= `warmup`).
+fn measured_schedule(run: &parm::client::Run, warmup: usize) -> HashMap<String, u64> {
+    run.scheduled_us.iter().filter(|(id, _)| id[1..].parse::<usize>().is_ok_and(|i| i >= warmup)).map(|(k, v)| (k.clone(), *v)).collect()
 }
 
 /// Every result the client received, one row each, beside the services' logs: for looking
@@ -307,6 +273,7 @@ impl Drop for TopicsGuard {
     }
 }
 
+/// Runs `f` to completion on the current Tokio runtime (from inside `block_in_place`).
 fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Handle::current().block_on(f)
 }

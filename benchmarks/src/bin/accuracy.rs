@@ -51,11 +51,19 @@ struct Args {
     #[arg(long, default_value_t = 1234)]
     seed: u64,
     /// Independent groupings of the test set, seeds seed..seed+N-1.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one)]
     groupings: u64,
     /// Use only the first N test examples (a quick look; the report says so).
     #[arg(long)]
     limit: Option<usize>,
+}
+
+fn at_least_one(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("--groupings must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("--groupings must be a positive integer, not '{s}'")),
+    }
 }
 
 /// A test set (images as raw pixels p / 255, shape [1, 28, 28] each, and labels), and

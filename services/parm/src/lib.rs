@@ -9,7 +9,8 @@
 //! - [`broker`]: finding or starting a local Kafka broker with `scripts/kafka-local`, or a
 //!   cluster of its own (1 or 3 nodes) to stop and kill.
 //! - [`launch`]: a deployment of every service as its own process, and its teardown.
-//! - [`client`]: producing queries on a schedule and collecting their results.
+//! - [`client`]: producing queries and collecting their results; its `open_loop` part sends
+//!   them on a schedule fixed in advance, hedging where asked.
 //! - [`report`]: latency percentiles and result counts of a run.
 //! - [`hostile`]: one bad client record of every kind, for salting streams in tests and
 //!   benchmarks.

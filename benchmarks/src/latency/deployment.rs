@@ -1,0 +1,133 @@
+//! What a run deploys: the worker counts of its mode, its parity models, and every
+//! service process with its flags (the scenario's service, the run's contention, the
+//! mode's policy, the Kafka settings).
+
+use super::Env;
+use crate::scenario::{Contention, Mode, RunSpec, Scenario, Service};
+use parm::launch::DeploymentSpec;
+use parm_common::model::resolve;
+
+/// The worker counts of a mode.
+pub fn topology(mode: Mode, n: usize, k: usize) -> (usize, usize) {
+    let extra = (n / k).max(1);
+    match mode {
+        Mode::None => (n, 0),
+        Mode::Equal | Mode::Hedge => (n + extra, 0),
+        Mode::Parm | Mode::ParmEager => (n, extra),
+    }
+}
+
+/// What a run deploys: its mode's worker counts and the parity models involved.
+pub(super) struct Plan {
+    pub(super) model_workers: usize,
+    pub(super) parity_workers: usize,
+    /// The parity model of the run's k.
+    pub(super) parity_model: String,
+    /// The parity manifest the encoder takes its k from.
+    pub(super) encoder_plan: String,
+}
+
+impl Plan {
+    /// The plan of `spec`; fails where the mode needs a parity model that `models/` lacks.
+    pub(super) fn new(scn: &Scenario, spec: &RunSpec) -> anyhow::Result<Self> {
+        let (model_workers, parity_workers) = topology(spec.mode, scn.model_workers, spec.k);
+        let parity_model = scn.parity_model(spec.k);
+        // Without parity, groups only keep the decoder's bookkeeping: any parity manifest
+        // gives the encoder a k; the worker counts above carry the k of the comparison.
+        let encoder_plan = if spec.mode.has_parity() || resolve(&parity_model).exists() { parity_model.clone() } else { scn.parity_model(2) };
+        if spec.mode.has_parity() && !resolve(&parity_model).exists() {
+            anyhow::bail!("no parity model {parity_model} in models/: k = {} needs a trained parity model (training/README.md)", spec.k);
+        }
+        Ok(Self { model_workers, parity_workers, parity_model, encoder_plan })
+    }
+}
+
+/// Every service process of the run with its flags and environment: the scenario's
+/// service, the run's contention, its mode's policy and its Kafka settings.
+pub(super) fn deployment_spec(scn: &Scenario, spec: &RunSpec, env: &Env<'_>, plan: &Plan, prefix: &str) -> DeploymentSpec {
+    let svc = &scn.service;
+    let mut d = DeploymentSpec::new(env.brokers, prefix, plan.model_workers, plan.parity_workers);
+    d.log_dir = env.log_dir.join(spec.label());
+    if let Some(delivery) = &spec.kafka.delivery {
+        d.service_env.push(("PARM_DELIVERY".into(), delivery.clone()));
+    }
+    if let Some(ms) = spec.kafka.commit_interval_ms {
+        d.service_env.push(("PARM_COMMIT_INTERVAL_MS".into(), ms.to_string()));
+    }
+    let kafka_flags: Vec<String> = spec.kafka.set.iter().flat_map(|kv| ["--kafka-set".to_string(), kv.clone()]).collect();
+    let with_kafka = |mut args: Vec<String>| {
+        args.extend(kafka_flags.iter().cloned());
+        args
+    };
+    d.encoder_args = with_kafka(encoder_args(svc, spec.mode, &plan.encoder_plan));
+    d.model_worker_args = with_kafka(worker_args(svc, spec.mode, &svc.model));
+    d.parity_worker_args = with_kafka(worker_args(svc, spec.mode, &plan.parity_model));
+    d.decoder_args = with_kafka(decoder_args(spec.mode));
+    // Each worker its own episode sequence; the same worker number gets the same one in
+    // every mode, so the modes meet the same slowdowns.
+    let c = &spec.contention;
+    d.per_model_worker_args = (0..plan.model_workers).map(|i| (i, episode_args(c, scn.seed * 1000 + i as u64))).collect();
+    d.per_parity_worker_args = (0..plan.parity_workers).map(|i| (i, episode_args(c, scn.seed * 1000 + 500 + i as u64))).collect();
+    d
+}
+
+/// The encoder's flags: the parity plan, deadlines and linger, no parity for the
+/// baselines, and routing by health where parm's modes ask for it.
+fn encoder_args(svc: &Service, mode: Mode, encoder_plan: &str) -> Vec<String> {
+    let mut args = flags([
+        ("--parity-model", encoder_plan.to_string()),
+        ("--deadline-ms", svc.deadline_ms.to_string()),
+        ("--hard-deadline-ms", svc.hard_deadline_ms.to_string()),
+        ("--linger-ms", svc.linger_ms.to_string()),
+    ]);
+    if !mode.has_parity() {
+        args.push("--no-parity".into());
+    }
+    if mode.has_parity() && svc.route_by_health {
+        args.push("--route-by-health".into());
+    }
+    args
+}
+
+/// A model or parity worker's flags for `model`: batching, the synthetic service time,
+/// skipping answered work, and health reports where the encoder routes by them.
+fn worker_args(svc: &Service, mode: Mode, model: &str) -> Vec<String> {
+    let mut args = flags([
+        ("--model", model.to_string()),
+        ("--max-batch", svc.max_batch.to_string()),
+        ("--max-wait-ms", svc.max_wait_ms.to_string()),
+        ("--delay-fixed-ms", svc.synthetic_ms.to_string()),
+        ("--delay-exp-ms", svc.synthetic_exp_ms.to_string()),
+    ]);
+    if svc.skip_answered {
+        args.push("--skip-answered".into());
+    }
+    if mode.has_parity() && svc.route_by_health {
+        args.extend(["--report-health".to_string(), "--slow-after-ms".to_string(), svc.slow_after_ms().to_string()]);
+    }
+    args
+}
+
+/// The decoder's flags: `eager` for parm-eager, else `deadline`.
+fn decoder_args(mode: Mode) -> Vec<String> {
+    vec!["--policy".into(), if mode == Mode::ParmEager { "eager".into() } else { "deadline".into() }]
+}
+
+/// One worker's slowdown-episode flags under contention `c`, its sequence seeded by `seed`
+/// (none without episodes).
+fn episode_args(c: &Contention, seed: u64) -> Vec<String> {
+    if c.episode_rate <= 0.0 {
+        return vec![];
+    }
+    flags([
+        ("--slow-episode-rate", c.episode_rate.to_string()),
+        ("--slow-episode-ms", c.episode_ms.to_string()),
+        ("--slow-extra-ms", c.episode_extra_ms.to_string()),
+        ("--delay-seed", seed.to_string()),
+    ])
+}
+
+/// Command-line flags from (flag, value) pairs.
+fn flags<const N: usize>(pairs: [(&str, String); N]) -> Vec<String> {
+    pairs.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
+}
