@@ -10,6 +10,8 @@
 //! - [`tensor`]: a dense `f32` tensor with its shape, validated on construction.
 //! - [`encode`]: parity encoders (element-wise addition; image concatenation for k = 2, 4).
 //! - [`decode`]: the subtraction decoder, `F(Xj) ≈ Fp(P) − Σ_{i≠j} F(Xi)`.
+//! - [`multi_parity`]: r parities per group (a Vandermonde code), recovering up to r missing
+//!   members.
 //! - [`grouping`]: the encoder's coding-group builder (k queries or a linger, partitions).
 //! - [`join`]: the decoder's per-group state machine: policies, deadlines, lag awareness,
 //!   exactly one result per query, late-arrival agreement, bounded memory.
@@ -27,6 +29,7 @@ pub mod clock;
 pub mod decode;
 pub mod encode;
 pub mod grouping;
+pub mod multi_parity;
 pub mod health;
 pub mod join;
 pub mod links;
