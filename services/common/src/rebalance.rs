@@ -36,6 +36,12 @@ impl RebalanceCounter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Whether a rebalance happened since `seen`, which it then moves to now.
+    pub fn moved(&self, seen: &mut u64) -> bool {
+        let now = self.get();
+        std::mem::replace(seen, now) != now
+    }
 }
 
 /// The next offset to read of every partition this instance holds state for: where it

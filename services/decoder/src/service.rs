@@ -127,8 +127,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             consumer = rejoin.rejoin(&d.args.common.kafka, consumer, SERVICE)?;
         }
         // A rebalance shows in the counter during a poll, with or without a message.
-        if rebalances.get() != generation {
-            generation = rebalances.get();
+        if rebalances.moved(&mut generation) {
             d.on_reassigned(&consumer).await?;
         }
         let timer = if d.catch_up.is_some() { None } else { d.join.next_timeout() };
@@ -143,8 +142,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             _ = tokio::time::sleep_until(commit_due.unwrap_or_else(Instant::now).into()), if commit_due.is_some() => {}
             msg = consumer.recv() => {
                 let Some(msg) = rejoin.readable(msg, &consumer, SERVICE, "reading groups and predictions")? else { continue };
-                if rebalances.get() != generation {
-                    generation = rebalances.get();
+                if rebalances.moved(&mut generation) {
                     d.on_reassigned(&consumer).await?;
                 }
                 kafka::consumed(&consumer, &msg);

@@ -143,8 +143,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             consumer = rejoin.rejoin(&enc.args.common.kafka, consumer, SERVICE)?;
         }
         // A rebalance shows in the counter during a poll, with or without a message.
-        if rebalances.get() != generation {
-            generation = rebalances.get();
+        if rebalances.moved(&mut generation) {
             enc.on_reassigned(&consumer).await?;
         }
         let linger = enc.builder.next_deadline().map(|t| t.saturating_sub(now_ms()));
@@ -165,8 +164,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
             }
             msg = consumer.recv() => {
                 let Some(msg) = rejoin.readable(msg, &consumer, SERVICE, "reading queries")? else { continue };
-                if rebalances.get() != generation {
-                    generation = rebalances.get();
+                if rebalances.moved(&mut generation) {
                     enc.on_reassigned(&consumer).await?;
                 }
                 kafka::consumed(&consumer, &msg);

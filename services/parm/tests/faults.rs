@@ -10,14 +10,10 @@ use parm_common::avro;
 use parm_common::records::{Query, ResultSource, WireTensor};
 use std::collections::HashMap;
 use std::time::Duration;
-use support::{mnist, top1_of_f, Pipeline};
+use support::{count, mnist, tally, top1_of_f, Pipeline};
 
 /// A port pair of its own for the broker this file stops (the shared one is 9092/9093).
 const OWN_BROKER_PORT: u16 = 19192;
-
-fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource) -> usize {
-    results.values().filter(|r| r.result.source == source).count()
-}
 
 /// The broker is stopped for 10 s mid-stream (`PARM_TEST_OUTAGE_S` sets another length,
 /// e.g. 120) and started again. Every service rides it out (none exits), and every query
@@ -62,12 +58,10 @@ async fn a_broker_restart_mid_stream_ends_no_service_and_every_query_gets_one_re
     all.extend(rest.clone());
     tokio::task::block_in_place(|| p.deployment.check_alive()).expect("every service rode out the outage");
     eprintln!(
-        "during and after a broker restart: {} results for {} queries, {duplicates} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
+        "during and after a broker restart: {} results for {} queries, {duplicates} duplicates, {}",
         results.len(),
         rest.len(),
-        count(&results, ResultSource::Model),
-        count(&results, ResultSource::Reconstructed),
-        count(&results, ResultSource::Unavailable)
+        tally(&results)
     );
     // Nothing more comes: no query of any phase is answered twice.
     let extra = p.client.collect(&["never".to_string()].into(), Duration::from_secs(2)).await.unwrap();
@@ -194,12 +188,10 @@ async fn exactly_once_every_query_gets_one_result_through_kills_and_a_broker_res
     let extra = p.client.collect(&["never".to_string()].into(), Duration::from_secs(5)).await.unwrap();
     let repeated = extra.iter().filter(|r| sent.contains_key(&r.result.query_id)).count();
     eprintln!(
-        "exactly once through kills and a broker restart: {} results for {} queries, {duplicates} + {repeated} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
+        "exactly once through kills and a broker restart: {} results for {} queries, {duplicates} + {repeated} duplicates, {}",
         results.len(),
         sent.len(),
-        count(&results, ResultSource::Model),
-        count(&results, ResultSource::Reconstructed),
-        count(&results, ResultSource::Unavailable)
+        tally(&results)
     );
     assert_eq!(duplicates + repeated, 0, "exactly one result per query (logs in {})", p.deployment.spec.log_dir.display());
     for (id, idx) in &sent {

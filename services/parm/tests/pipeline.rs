@@ -6,13 +6,8 @@ mod support;
 use parm::launch::Signal;
 use parm_common::avro;
 use parm_common::records::{DeadLetter, Query, ResultSource, WireTensor};
-use std::collections::HashMap;
 use std::time::Duration;
-use support::{free_port, http_get, mnist, top1_of_f, Pipeline};
-
-fn count(results: &HashMap<String, parm::client::Received>, source: ResultSource) -> usize {
-    results.values().filter(|r| r.result.source == source).count()
-}
+use support::{count, free_port, http_get, mnist, tally, top1_of_f, Pipeline};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthy_pipeline_answers_every_query_with_the_models_own_prediction() {
@@ -164,11 +159,9 @@ async fn a_decoder_killed_mid_stream_leaves_no_query_without_a_result() {
     let (first, all) = p.send_across_a_crash("decoder-0", 0..40, 40..80, 40.0).await;
     let (results, duplicates) = p.results_for(&all, Duration::from_secs(90)).await;
     eprintln!(
-        "after a decoder crash: {} results, {duplicates} duplicates, {} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE",
+        "after a decoder crash: {} results, {duplicates} duplicates, {}",
         results.len(),
-        count(&results, ResultSource::Model),
-        count(&results, ResultSource::Reconstructed),
-        count(&results, ResultSource::Unavailable)
+        tally(&results)
     );
     // The restarted decoder replays its backlog before deadlines act: the predictions
     // are there, so the answers are real ones.

@@ -140,8 +140,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
             consumer = rejoin.rejoin(&args.common.kafka, consumer, w.service())?;
         }
         // A rebalance shows in the counter during a poll, with or without a message.
-        if rebalances.get() != generation {
-            generation = rebalances.get();
+        if rebalances.moved(&mut generation) {
             w.on_reassigned(&consumer)?;
         }
         let commit_due = w.txn.as_ref().map(|t| t.due_at(&w.outbox));
@@ -157,9 +156,8 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
                 None => continue,
             },
         };
-        let reassigned = rebalances.get() != generation;
+        let reassigned = rebalances.moved(&mut generation);
         if reassigned {
-            generation = rebalances.get();
             w.on_reassigned(&consumer)?;
         }
         kafka::consumed(&consumer, &first);
@@ -169,11 +167,10 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
             tokio::select! {
                 msg = consumer.recv() => match rejoin.readable(msg, &consumer, w.service(), "reading queries")? {
                     Some(m) => {
-                        if w.txn.is_some() && rebalances.get() != generation {
+                        if w.txn.is_some() && rebalances.moved(&mut generation) {
                             // Exactly once, the new assignment starts at the committed
                             // offsets: what was gathered before it comes again from there
                             // (or goes to the partition's new owner).
-                            generation = rebalances.get();
                             w.on_reassigned(&consumer)?;
                             batch.clear();
                         }

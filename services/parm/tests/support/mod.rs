@@ -10,7 +10,7 @@ use parm::mnist::Mnist;
 use parm_common::kafka::{create_topics, KafkaArgs, TopicLayout};
 use parm_common::model::{resolve, Model};
 use parm_common::now_ms;
-use parm_common::records::DeadLetter;
+use parm_common::records::{DeadLetter, ResultSource};
 use parm_core::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -136,6 +136,17 @@ impl Pipeline {
     pub async fn dead_letters(&self, n: usize, timeout: Duration) -> HashMap<String, DeadLetter> {
         parm::client::dead_letters(&self.kafka, n, timeout).await.expect("reading the dead-letter topic")
     }
+}
+
+/// How many of `results` came from `source`.
+pub fn count(results: &HashMap<String, Received>, source: ResultSource) -> usize {
+    results.values().filter(|r| r.result.source == source).count()
+}
+
+/// `N MODEL, N RECONSTRUCTED, N UNAVAILABLE`, for a test's summary line.
+pub fn tally(results: &HashMap<String, Received>) -> String {
+    let n = |s| count(results, s);
+    format!("{} MODEL, {} RECONSTRUCTED, {} UNAVAILABLE", n(ResultSource::Model), n(ResultSource::Reconstructed), n(ResultSource::Unavailable))
 }
 
 /// A port free on loopback right now.
