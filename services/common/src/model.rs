@@ -73,6 +73,7 @@ pub fn identity(manifest: &ModelManifest, onnx: &Path) -> anyhow::Result<String>
     Ok(format!("{}@{:08x}", manifest.name, crc32fast::hash(&bytes)))
 }
 
+/// A tract plan optimised for one batch size, shared by the threads that run it.
 type Plan = Arc<TypedRunnableModel>;
 
 /// A loaded model: its manifest, and one optimized plan per batch size used so far.

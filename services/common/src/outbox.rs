@@ -13,6 +13,7 @@ use parm_core::offsets::{OffsetTracker, Origin};
 use rdkafka::producer::DeliveryFuture;
 use std::collections::BTreeSet;
 
+/// A batch of sends that finished: its sequence number, the inputs it held, and whether every send was acknowledged.
 type Done = (u64, Vec<Origin>, anyhow::Result<()>);
 
 /// In-flight produce batches and the input offsets they hold.

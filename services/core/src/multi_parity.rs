@@ -304,6 +304,24 @@ mod tests {
             }
         }
 
+        /// Whatever arrives (any lengths, any values, any pattern of what is missing,
+        /// counts that do not fit the code), recover answers or refuses; it never panics,
+        /// and what it answers is finite for finite inputs.
+        #[test]
+        fn recover_is_total(
+            k in 1usize..=8,
+            r in 1usize..=3,
+            members in proptest::collection::vec(proptest::option::of(proptest::collection::vec(-1e6f32..1e6, 0..4)), 0..10),
+            parities in proptest::collection::vec(proptest::option::of(proptest::collection::vec(-1e6f32..1e6, 0..4)), 0..5),
+        ) {
+            let code = LinearCode::new(k, r).unwrap();
+            let m: Vec<Option<&[f32]>> = members.iter().map(|o| o.as_deref()).collect();
+            let p: Vec<Option<&[f32]>> = parities.iter().map(|o| o.as_deref()).collect();
+            if let Ok(got) = code.recover(&m, &p) {
+                prop_assert!(got.iter().all(|(i, out)| *i < k && out.iter().all(|v| v.is_finite())));
+            }
+        }
+
         /// What the parity models are trained on agrees with encoding then applying a
         /// linear F: combine(j, F(X)) = F(encode(j, X)).
         #[test]

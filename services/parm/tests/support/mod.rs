@@ -156,9 +156,19 @@ pub fn free_port() -> u16 {
 
 /// GET `url` with the query parameters `query` (encoded by the client); returns the
 /// status code and body.
+///
+/// The blocking client runs a runtime of its own, which must not be dropped on a Tokio
+/// thread: it runs on a thread of its own, so a test can call this from anywhere.
 pub fn http_get(url: &str, query: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
-    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
-    let response = client.get(url).query(query).send()?;
-    let status = response.status().as_u16();
-    Ok((status, response.text()?))
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> anyhow::Result<(u16, String)> {
+                let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build()?;
+                let response = client.get(url).query(query).send()?;
+                let status = response.status().as_u16();
+                Ok((status, response.text()?))
+            })
+            .join()
+            .map_err(|_| anyhow::anyhow!("the HTTP client thread panicked"))?
+    })
 }
