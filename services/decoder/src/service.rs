@@ -43,6 +43,19 @@ const PARITY: u8 = 2;
 /// The commit metadata field that says from when to read back answers (see `restore`).
 const RESTORE_FROM: &str = "restore_from";
 
+/// The `restore_from` bound (see `Decoder::restore_from_now`): the oldest group held
+/// (`oldest`, else `now`) less `margin`, and no later than `floor`'s bound while a group
+/// from its replay may be held (the replay has not ended, or the oldest group is no newer
+/// than its end).
+fn restore_bound(oldest: Option<u64>, now: u64, margin: u64, floor: Option<(i64, Option<u64>)>) -> i64 {
+    let at = i64::try_from(oldest.unwrap_or(now).min(now).saturating_sub(margin)).unwrap_or(i64::MAX);
+    match floor {
+        Some((floor, None)) => at.min(floor),
+        Some((floor, Some(end))) if oldest.is_some_and(|o| o <= end) => at.min(floor),
+        _ => at,
+    }
+}
+
 /// `(first result batch not covered, committable (topic, partition, next offset)s)`: see
 /// `Decoder::snapshots`.
 type Snapshot = (u64, Vec<(u8, i32, i64)>);
@@ -72,6 +85,9 @@ struct Decoder {
     answers: Answers,
     /// Answers not written because they were given already.
     suppressed: u64,
+    /// The `restore_from` read back at the last assignment, and when the replay that
+    /// followed it ended (local ms; `None` while it runs). See [`Decoder::restore_from_now`].
+    replay_floor: Option<(i64, Option<u64>)>,
     /// Exactly-once: the open transaction.
     txn: Option<Transactions>,
 }
@@ -108,6 +124,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
         skew: ClockSkew::new(SKEW_WINDOW_MS, args.max_clock_skew_ms),
         answers: Answers::new(args.answers_keep_ms()),
         suppressed: 0,
+        replay_floor: None,
         txn,
         args,
         topics,
@@ -152,6 +169,7 @@ async fn session(args: DecoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
         if d.catch_up.as_ref().is_some_and(|c| c.done(Instant::now())) {
             tracing::info!("caught up with the backlog; deadlines act from now on");
             d.catch_up = None;
+            d.replay_ended();
             d.join.handle_timeout(now_ms());
         }
         d.flush_events().await?;
@@ -215,7 +233,13 @@ impl Decoder {
         // The broker may not answer now (an outage during the rebalance): the decoder goes on
         // without the answers it could not read back, and may then answer a replayed query
         // twice, as before this existed; it never stops or loses a query for it.
-        let restored = match self.restore_from(consumer, &fresh) {
+        let from_ms = self.restore_from(consumer, &fresh);
+        // Until the groups rebuilt from the replay are gone, what this decoder commits must
+        // still reach back as far (without the committed bound, as far as a group lives).
+        let floor = from_ms.as_ref().map_or_else(|_| now_ms() as i64 - self.args.answers_keep_ms() as i64, |f| *f);
+        let floor = self.replay_floor.map_or(floor, |(held, _)| held.min(floor));
+        self.replay_floor = Some((floor, None));
+        let restored = match from_ms {
             Ok(from_ms) => restore(&self.args.common.kafka, &self.topics.results, from_ms, &mut self.answers).await,
             Err(e) => Err(e),
         };
@@ -226,6 +250,7 @@ impl Decoder {
         let targets: HashMap<(String, i32), i64> =
             tokio::task::block_in_place(|| replay_targets(consumer)).into_iter().filter(|(k, _)| fresh.contains(k)).collect();
         if targets.is_empty() {
+            self.replay_ended();
             return Ok(());
         }
         tracing::info!(partitions = targets.len(), took_ms = started.elapsed().as_millis() as u64, "replaying the backlog before deadlines act");
@@ -254,11 +279,23 @@ impl Decoder {
         Ok(if from == i64::MAX { now_ms() as i64 } else { from })
     }
 
-    /// The `restore_from` to commit with the offsets now (see `crate::restore`).
+    /// The replay after the last assignment is over: groups formed from now on hold only
+    /// inputs read for the first time.
+    fn replay_ended(&mut self) {
+        if let Some((_, end @ None)) = self.replay_floor.as_mut() {
+            *end = Some(now_ms());
+        }
+    }
+
+    /// The `restore_from` to commit with the offsets now (see `crate::restore`): the oldest
+    /// group held, less the late linger and the clock skew. A group rebuilt from a replay
+    /// was first formed, and maybe answered, by an earlier session, before the time this
+    /// session saw it: while one is held (the replay runs, or the oldest group is older
+    /// than its end), the bound read back at the assignment still applies. (Without this,
+    /// a second restart read back too little and answered replayed queries again.)
     fn restore_from_now(&self) -> String {
-        let now = now_ms();
-        let oldest = self.join.oldest_since().unwrap_or(now).min(now);
-        let at = oldest.saturating_sub(self.args.late_linger_ms.saturating_add(self.args.max_clock_skew_ms));
+        let margin = self.args.late_linger_ms.saturating_add(self.args.max_clock_skew_ms);
+        let at = restore_bound(self.join.oldest_since(), now_ms(), margin, self.replay_floor);
         format!("{RESTORE_FROM}={at}")
     }
 
@@ -445,4 +482,23 @@ fn replay_targets(consumer: &StreamConsumer<ParmContext>) -> HashMap<(String, i3
         }
     }
     targets
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restore_bound;
+
+    #[test]
+    fn the_bound_read_back_holds_while_groups_from_its_replay_are_held() {
+        let margin = 2_000;
+        assert_eq!(restore_bound(Some(10_000), 20_000, margin, None), 8_000, "the oldest group less the margin");
+        assert_eq!(restore_bound(None, 20_000, margin, None), 18_000, "no group: now less the margin");
+        // Replayed after an assignment that read back from 1_000: while the replay runs,
+        // and while a group formed before it ended (at 12_000) is held, 1_000 stands.
+        assert_eq!(restore_bound(Some(10_000), 20_000, margin, Some((1_000, None))), 1_000);
+        assert_eq!(restore_bound(Some(12_000), 20_000, margin, Some((1_000, Some(12_000)))), 1_000);
+        assert_eq!(restore_bound(Some(12_001), 20_000, margin, Some((1_000, Some(12_000)))), 10_001, "only groups formed after the replay");
+        assert_eq!(restore_bound(None, 20_000, margin, Some((1_000, Some(12_000)))), 18_000);
+        assert_eq!(restore_bound(Some(5_000), 20_000, margin, Some((9_000, None))), 3_000, "the earlier of the two");
+    }
 }
