@@ -28,7 +28,7 @@
 use crate::kafka::KafkaArgs;
 use crate::outbox::Outbox;
 use crate::shutdown::Shutdown;
-use anyhow::{anyhow, Context as _};
+use anyhow::{anyhow, bail, Context as _};
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, Producer};
@@ -101,6 +101,8 @@ pub const RESTART_WINDOW: Duration = Duration::from_secs(600);
 /// decoder reads k + 1 predictions per group of k answers): committing those at once
 /// doubled the decoder's transactions and queued the next answer behind them.
 pub const OFFSETS_ONLY_INTERVAL: Duration = Duration::from_millis(200);
+/// How much longer than the transaction timeout a flush waits for its records.
+const FLUSH_MARGIN: Duration = Duration::from_secs(2);
 
 /// One `(topic, partition, next offset, metadata)` to commit.
 pub type CommitOffset = (String, i32, i64, String);
@@ -116,6 +118,8 @@ pub struct Transactions {
     last_idle_check: Instant,
     /// How long the last [`Transactions::flush`] waited (logged with the commit).
     flush_took: Duration,
+    /// The coordinator aborts a transaction open longer than this (`transaction.timeout.ms`).
+    timeout: Duration,
     /// What the last commit stored, to skip commits that would change nothing.
     committed: Vec<CommitOffset>,
     /// The outbox sequence at the last commit: anything sent since makes a commit due.
@@ -134,7 +138,7 @@ impl Transactions {
         })
         .with_context(|| format!("transactional id {id}"))?;
         tracing::info!(transactional_id = %id, interval_ms = args.commit_interval_ms, "exactly-once: transactions initialised");
-        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), last_idle_check: Instant::now(), flush_took: Duration::ZERO, committed: Vec::new(), sent_seq: 0 })
+        Ok(Self { producer, id, interval: Duration::from_millis(args.commit_interval_ms), last_commit: Instant::now(), last_idle_check: Instant::now(), flush_took: Duration::ZERO, timeout: Duration::from_millis(args.transaction_timeout_ms), committed: Vec::new(), sent_seq: 0 })
     }
 
     pub fn producer(&self) -> &FutureProducer {
@@ -169,9 +173,20 @@ impl Transactions {
     /// flush (also the one inside `commit_transaction`) polls the event queue that the
     /// producer's own thread is already serving, and so waits a whole 100 ms poll whenever
     /// a record is in flight (measured: every commit took 100 ms more).
+    ///
+    /// A broker outage longer than the transaction timeout makes the coordinator abort the
+    /// open transaction, and librdkafka then holds its records until the application aborts:
+    /// waiting on them would hang the service. Past the timeout (and a margin) the session
+    /// fails instead, and a fresh one starts from the committed offsets.
     pub async fn flush(&mut self, outbox: &mut Outbox) -> anyhow::Result<()> {
         let t = Instant::now();
-        outbox.drain().await.context("a record of the open transaction was not written")?;
+        let patience = self.timeout.saturating_add(FLUSH_MARGIN);
+        match tokio::time::timeout(patience, outbox.drain()).await {
+            Ok(drained) => drained.context("a record of the open transaction was not written")?,
+            Err(_) => bail!(
+                "the records of the open transaction were not acknowledged within {patience:?}, past the transaction timeout: the coordinator has aborted it (a broker outage?); starting afresh from the committed offsets"
+            ),
+        }
         // A delivery future resolves just before librdkafka counts its record as done.
         while self.producer.in_flight_count() > 0 && t.elapsed() < Duration::from_millis(50) {
             tokio::task::yield_now().await;
