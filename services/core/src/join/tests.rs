@@ -249,9 +249,11 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 k,
                 deadline: deadline * 8,
                 hard_extra: hard_extra * 8,
-                // Manifests come at most a late linger after the hard deadline (the encoder
-                // sends one when the group closes, well before).
-                manifest_at: (manifest_at * 8).min((deadline + hard_extra) * 8 + 50),
+                // Manifests come by the hard deadline plus a little more than the late
+                // linger (50), so that predictions left unclaimed by then are seen expiring;
+                // 56 keeps them on multiples of 8, clear of the members' and the parity's
+                // milliseconds (+50 made a manifest and a member arrive together).
+                manifest_at: (manifest_at * 8).min((deadline + hard_extra) * 8 + 56),
                 member_at: member_at.iter().enumerate().map(|(i, t)| t.map(|t| t * 8 + 1 + i as u64)).collect(),
                 parity_at: parity_at.map(|t| t * 8 + 7),
                 policy: if eager { Policy::Eager } else { Policy::Deadline },
