@@ -15,6 +15,7 @@
 //! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
 //! - [`dead_letter`]: building `parm.dead-letters` records.
 //! - [`delivery`]: at-least-once and exactly-once (Kafka transactions) delivery.
+//! - [`supervise`]: an exactly-once session that failed is replaced by a fresh one.
 //! - [`outbox`]: produced batches whose acknowledgement gates offset commits.
 //! - [`service_args`]: the flags every service shares.
 //! - [`shutdown`]: one signal that tells every loop to stop cleanly.
@@ -31,6 +32,7 @@ pub mod rebalance;
 pub mod records;
 pub mod service_args;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod topics;
 pub mod trouble;

@@ -296,6 +296,32 @@ impl Worker {
     /// Runs a batch; returns whether the model ran (false when every query was skipped).
     async fn process(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<bool> {
         self.catch_up_answered();
+        let items = self.admit(batch).await?;
+        if items.is_empty() {
+            return Ok(false);
+        }
+        let started = Instant::now();
+        let (items, outputs) = self.infer(batch, items).await?;
+        if items.is_empty() {
+            return Ok(true);
+        }
+        let extra = self.delay.extra(now_ms() as f64);
+        if !extra.is_zero() {
+            tokio::time::sleep(extra).await;
+        }
+        let inference_us = started.elapsed().as_micros() as i64;
+        let role = self.role.as_str();
+        metrics::histogram!(names::WORKER_BATCH_SIZE, "role" => role).record(items.len() as f64);
+        metrics::histogram!(names::WORKER_INFERENCE_SECONDS, "role" => role).record(inference_us as f64 / 1e6);
+        metrics::counter!(names::WORKER_QUERIES, "role" => role).increment(items.len() as u64);
+        self.counts.add("run", items.len() as u64);
+        self.send_outputs(&items, outputs, inference_us).await?;
+        Ok(true)
+    }
+
+    /// The batch's queries worth running: each message is decoded and checked; one that is
+    /// not a valid query is a dead letter, one no longer worth running is skipped.
+    async fn admit(&mut self, batch: &[BorrowedMessage<'_>]) -> anyhow::Result<Vec<Item>> {
         let now = now_ms() as i64;
         let mut items = Vec::with_capacity(batch.len());
         for msg in batch {
@@ -317,10 +343,13 @@ impl Worker {
                 }
             }
         }
-        if items.is_empty() {
-            return Ok(false);
-        }
-        let started = Instant::now();
+        Ok(items)
+    }
+
+    /// Runs the model on `items` (off the async threads) and returns those it answered with
+    /// their outputs. A query the model could not run, or whose output is not finite
+    /// numbers, is a dead letter; the rest of its batch goes on.
+    async fn infer(&mut self, batch: &[BorrowedMessage<'_>], items: Vec<Item>) -> anyhow::Result<(Vec<Item>, Vec<Vec<f32>>)> {
         let model = self.model.clone();
         let tensors: Vec<Tensor> = items.iter().map(|i| i.q.tensor.clone()).collect();
         let links: Vec<_> = items.iter().filter_map(|i| telemetry::link_to(&i.cx)).collect();
@@ -332,8 +361,6 @@ impl Worker {
         );
         let outputs = tokio::task::spawn_blocking(move || run_guarded(&model, &tensors)).await?;
         drop(infer_cx);
-        // A query the model could not run, or whose output is not finite numbers, is a dead
-        // letter; the rest of its batch goes on.
         let mut kept = Vec::with_capacity(items.len());
         let mut good = Vec::with_capacity(items.len());
         for (item, output) in items.into_iter().zip(outputs) {
@@ -353,21 +380,12 @@ impl Worker {
                 }
             }
         }
-        let (items, outputs) = (kept, good);
-        if items.is_empty() {
-            return Ok(true);
-        }
-        let extra = self.delay.extra(now_ms() as f64);
-        if !extra.is_zero() {
-            tokio::time::sleep(extra).await;
-        }
-        let inference_us = started.elapsed().as_micros() as i64;
-        let role = self.role.as_str();
-        metrics::histogram!(names::WORKER_BATCH_SIZE, "role" => role).record(items.len() as f64);
-        metrics::histogram!(names::WORKER_INFERENCE_SECONDS, "role" => role).record(inference_us as f64 / 1e6);
-        metrics::counter!(names::WORKER_QUERIES, "role" => role).increment(items.len() as u64);
-        self.counts.add("run", items.len() as u64);
+        Ok((kept, good))
+    }
 
+    /// Sends one prediction (or parity prediction) per answered item to the decoder
+    /// partition its query names; the outbox holds the inputs until they are acknowledged.
+    async fn send_outputs(&mut self, items: &[Item], outputs: Vec<Vec<f32>>, inference_us: i64) -> anyhow::Result<()> {
         let finished = now_ms() as i64;
         let mut sends = Vec::with_capacity(items.len());
         for (item, output) in items.iter().zip(outputs) {
@@ -403,7 +421,7 @@ impl Worker {
             sends.push((f, self.output_topic.clone()));
         }
         self.outbox.push(items.iter().map(|i| i.origin).collect(), sends);
-        Ok(true)
+        Ok(())
     }
 
     fn service(&self) -> &'static str {
