@@ -129,6 +129,16 @@ impl KafkaArgs {
         self.service_consumer(group, Delivery::AtLeastOnce)
     }
 
+    /// A consumer like [`KafkaArgs::consumer`] for reading the results topic of a
+    /// deployment in either delivery mode: it waits at most [`READ_COMMITTED_FETCH_WAIT_MS`]
+    /// per fetch, as results written in transactions are not handed to a waiting fetch when
+    /// their transaction commits.
+    pub fn results_consumer(&self, group: &str) -> anyhow::Result<(StreamConsumer<ParmContext>, RebalanceCounter)> {
+        let counter = RebalanceCounter::default();
+        let consumer = self.build_consumer(group, counter.clone(), Positions::default(), Delivery::AtLeastOnce, READ_COMMITTED_FETCH_WAIT_MS)?;
+        Ok((consumer, counter))
+    }
+
     /// A service's consumer in `group`. At least once, as [`KafkaArgs::consumer`]. Exactly
     /// once, offsets are committed only inside transactions (never in the background), and
     /// every assignment starts at the committed offsets: the service drops its state at
@@ -142,6 +152,10 @@ impl KafkaArgs {
     /// A consumer like [`KafkaArgs::service_consumer`] that reports to `counter` and resumes
     /// at `positions` (those of the consumer it replaces, see [`Rejoin`]).
     pub(crate) fn consumer_sharing(&self, group: &str, counter: RebalanceCounter, positions: Positions, delivery: Delivery) -> anyhow::Result<StreamConsumer<ParmContext>> {
+        self.build_consumer(group, counter, positions, delivery, fetch_wait_ms(delivery))
+    }
+
+    fn build_consumer(&self, group: &str, counter: RebalanceCounter, positions: Positions, delivery: Delivery, fetch_wait_ms: u32) -> anyhow::Result<StreamConsumer<ParmContext>> {
         let mut c = self.base_config();
         let auto_commit = delivery == Delivery::AtLeastOnce;
         c.set("group.id", group)
@@ -150,11 +164,7 @@ impl KafkaArgs {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("isolation.level", "read_committed")
-            // The broker answers a fetch as soon as fetch.min.bytes are there, so this only
-            // bounds how often an idle consumer polls: at 5 ms each sends 200 fetches/s, and a
-            // benchmark deployment's 20-40 consumers then compete with the work for the CPU
-            // of a small machine (benchmarks/README.md, pipeline overhead).
-            .set("fetch.wait.max.ms", "100")
+            .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
             .set("fetch.min.bytes", "1")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
@@ -300,3 +310,23 @@ pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow
     reader.assign(&from_end)?;
     Ok(reader)
 }
+
+/// How long the broker may hold a fetch that finds nothing new (`fetch.wait.max.ms`).
+///
+/// The broker answers a fetch as soon as `fetch.min.bytes` are there, so at least once this
+/// only bounds how often an idle consumer polls: at 5 ms each sends 200 fetches/s, and a
+/// benchmark deployment's 20-40 consumers then compete with the work for the CPU of a small
+/// machine (benchmarks/README.md, pipeline overhead). Exactly once, records become readable
+/// only when their transaction commits (the last stable offset moves), and a waiting
+/// `read_committed` fetch was measured to be answered only at its timeout or at the next
+/// append: with 100 ms, p50 at 20 queries/s was 33.5 ms against 25.5 ms with 5
+/// (benchmarks/README.md, exactly-once).
+pub fn fetch_wait_ms(delivery: Delivery) -> u32 {
+    match delivery {
+        Delivery::AtLeastOnce => 100,
+        Delivery::ExactlyOnce => READ_COMMITTED_FETCH_WAIT_MS,
+    }
+}
+
+/// The fetch wait of consumers that read transactional outputs ([`fetch_wait_ms`]).
+pub const READ_COMMITTED_FETCH_WAIT_MS: u32 = 5;

@@ -73,7 +73,7 @@ impl Client {
     pub fn connect(kafka: &KafkaArgs) -> anyhow::Result<Self> {
         let topics = kafka.topics();
         let group = format!("{}-client-{}-{}", kafka.topic_prefix, std::process::id(), now_ms());
-        let (results, _) = kafka.consumer(&group)?;
+        let (results, _) = kafka.results_consumer(&group)?;
         results.subscribe(&[&topics.results]).context("subscribing to the results topic")?;
         // A client rides out a broker outage of a few minutes, then says so.
         Ok(Self { topics, producer: kafka.client_producer(300_000)?, results })
@@ -86,7 +86,7 @@ impl Client {
         let topics = kafka.topics();
         let partitions = kafka::partition_count(kafka, &topics.results).await?;
         let group = format!("{}-client-{}-{}", kafka.topic_prefix, std::process::id(), now_ms());
-        let (results, _) = kafka.consumer(&group)?;
+        let (results, _) = kafka.results_consumer(&group)?;
         let since = i64::try_from(since_ms).unwrap_or(i64::MAX);
         let start = tokio::task::block_in_place(|| start_offsets(&results, &topics.results, partitions, since))?;
         results.assign(&start).context("assigning the results partitions")?;
