@@ -5,6 +5,7 @@
     export-data  write the first N test images and labels as IDX files for the Rust side
     check        run manifests' models on their reference inputs (what the Rust test does)
     compare      score candidate parity models for one F on many validation groupings
+    evaluate-code  degraded mode of a code with r parities: every pattern of up to r missing members
 
 scripts/train-models runs the whole sequence that produced models/ on a CPU;
 scripts/train-parity-gpu trains the parity models on a CUDA GPU instead (training there,
@@ -14,16 +15,17 @@ export and evaluation here: `parity --checkpoint-only`, then `parity --from-chec
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from parm_training import checkpoint, data, encoders, export, train
+from parm_training import checkpoint, code, data, encoders, export, train
 from parm_training.cli_common import REFERENCE_COUNT, budget_seconds, required_epochs, split, training_info
 from parm_training.idx import write_idx
-from parm_training.parity_command import cmd_parity
+from parm_training.parity_command import TEST_GROUP_SEED, cmd_parity
 
 # `compare` pairs the validation images with these seeds: not the ones training picks its
 # best epoch on (its seed + 2, + 3, ...), so a candidate's lucky grouping is not reused.
@@ -123,12 +125,13 @@ def cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
     base_path = Path(args.base)
     base = export.read_manifest(base_path)
     candidates = [(Path(c), export.read_manifest(c)) for c in args.candidates]
-    kinds = {(m.get("role"), m.get("base"), m.get("encoder"), m.get("k")) for _, m in candidates}
+    kinds = {(m.get("role"), m.get("base"), m.get("encoder"), m.get("k"), tuple(m.get("weights") or ()))
+             for _, m in candidates}
     if len(kinds) != 1 or next(iter(kinds))[:2] != ("parity", base["name"]):
-        raise SystemExit(f"compare: the candidates must all be parity models of {base['name']} with one encoder "
-                         f"and k; got (role, base, encoder, k) = {sorted(kinds, key=str)}")
-    _, _, encoder_name, k = next(iter(kinds))
-    encoder = encoders.get(encoder_name)
+        raise SystemExit(f"compare: the candidates must all be parity models of {base['name']} with one encoder, "
+                         f"k and weights; got (role, base, encoder, k, weights) = {sorted(kinds, key=str)}")
+    _, _, encoder_name, k, _ = next(iter(kinds))
+    encoder = encoders.for_manifest(candidates[0][1])
     ds = data.load(base["dataset"])
     _, val = split(ds)
     x = val.floats()
@@ -136,11 +139,75 @@ def cmd_compare(args: argparse.Namespace, argv: list[str]) -> int:
     seeds = range(COMPARE_FIRST_SEED, COMPARE_FIRST_SEED + args.groupings)
     print(f"validation agreement with {base['name']} over {args.groupings} groupings of {len(x)} held-out images "
           f"(seeds {seeds.start}-{seeds.stop - 1}), {encoder_name} k = {k}:")
+    scores = []
     for path, m in candidates:
         fp = export.OnnxModel(path.parent / m["file"], threads=torch.get_num_threads())
         agreement = train.validation_agreement(encoder, k, fp, x, logits, seeds)
+        scores.append((float(np.mean(agreement)), str(path)))
         print(f"  {100 * np.mean(agreement):.2f}  (range {100 * min(agreement):.2f}-{100 * max(agreement):.2f}, "
               f"{m['training'].get('arch', '?')})  {path}")
+    if args.pick:
+        # The rule that chooses between candidates: the best mean agreement (first on a tie).
+        print(f"best: {max(scores, key=lambda s: s[0])[1]}")
+    return 0
+
+
+def cmd_evaluate_code(args: argparse.Namespace, argv: list[str]) -> int:
+    """Degraded mode of the code whose parity models are given (parity 0 .. r-1 of one F and
+    k, addition): every erasure pattern of up to r members (code.evaluate), on the test set
+    in the seeded groups of `parity`'s evaluation; with --record, written into the manifests
+    of the parities j > 0 as accuracy.code (parity 0's is the plain model's, left as it is)."""
+    base_path = Path(args.base)
+    base = export.read_manifest(base_path)
+    given = [(Path(p), export.read_manifest(p)) for p in args.parities]
+    kinds = {(m.get("role"), m.get("base"), m.get("encoder"), m.get("k")) for _, m in given}
+    if len(kinds) != 1 or next(iter(kinds))[:3] != ("parity", base["name"], "addition"):
+        raise SystemExit(f"evaluate-code: give addition parity models of {base['name']} with one k; got "
+                         f"(role, base, encoder, k) = {sorted(kinds, key=str)}")
+    k = next(iter(kinds))[3]
+    given.sort(key=lambda pm: pm[1].get("parity_index", 0))
+    r = len(given)
+    indices = [m.get("parity_index", 0) for _, m in given]
+    if indices != list(range(r)):
+        raise SystemExit(f"evaluate-code: give parities 0..{r - 1} once each; got parity indices {indices}")
+    weights = encoders.code_weights(k, r)
+    for (path, m), row in zip(given, weights):
+        if m.get("parities", r) != r or not np.allclose(m.get("weights", [1.0] * k), row):
+            raise SystemExit(f"evaluate-code: {path} is parity {m.get('parity_index', 0)} of a code with "
+                             f"{m.get('parities')} parities, weights {m.get('weights')}; this code (r = {r}) has {row}")
+    ds = data.load(base["dataset"])
+    x, labels = ds.test.floats(), ds.test.labels
+    logits = export.OnnxModel(base_path.parent / base["file"], threads=torch.get_num_threads())(x)
+    groups = train.make_groups(len(x), k, TEST_GROUP_SEED)
+    predicts = [export.OnnxModel(path.parent / m["file"], threads=torch.get_num_threads()) for path, m in given]
+    rows = code.evaluate(np.asarray(weights), predicts, x, logits, labels, groups)
+    result = {
+        "parity_models": [m["name"] for _, m in given],
+        "weights": weights,
+        "split": "test",
+        "groups": len(groups),
+        "group_seed": TEST_GROUP_SEED,
+        "how": "seeded random groups of k test examples; for every set M of up to r members of a group "
+        "and every set P of at least |M| parities, M erased and solved from W[P, M] Y = Fp_j(E_j) - sum over "
+        "the other members of w_ji F(Xi), j in P (exact when |P| = |M|, least squares otherwise)",
+        "patterns": rows,
+    }
+    print(f"{base['name']}, addition k = {k}, r = {r} ({', '.join(result['parity_models'])}), "
+          f"{len(groups)} test groups (seed {TEST_GROUP_SEED}):")
+    print("  missing  parities  solve          reconstructions  top-1    agreement  F top-1")
+    for row in rows:
+        print(f"  {row['missing']:7d}  {','.join(map(str, row['parities'])):8s}  {row['solve']:13s}  "
+              f"{row['reconstructions']:15d}  {100 * row['reconstruction_top1']:6.2f}   "
+              f"{100 * row['agreement_with_base']:6.2f}     {100 * row['base_top1']:6.2f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if args.record:
+        for path, m in given:
+            if m.get("parity_index", 0) > 0:
+                m["accuracy"]["code"] = result
+                export.write_manifest(path, m)
+                export.check_manifest(path)
+                print(f"recorded as accuracy.code in {path}")
     return 0
 
 
@@ -193,6 +260,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--augment-shift", type=int, default=0, metavar="PIXELS",
                    help="move each training image by up to this many pixels before encoding, with F's "
                    "logits computed on the moved images (needs F's architecture in its manifest; default 0)")
+    q.add_argument("--parity-index", type=int, default=0, metavar="J",
+                   help="train parity J of a code with --parities R (addition only): its input is "
+                   "sum_i w_Ji X_i and its target sum_i w_Ji F(X_i), w_Ji = x_i^J on x_i = 1 + i/(k-1) "
+                   "(default 0: all weights 1, the plain addition model)")
+    q.add_argument("--parities", type=int, default=1, metavar="R",
+                   help="the code's number of parities per group, R > J (default 1)")
     q.add_argument("--ce-weight", type=float, default=0.0,
                    help="add this weight times the cross-entropy of each decoded output against F's top-1 "
                    "(default 0: the reference recipe, MSE on the sum only)")
@@ -221,8 +294,18 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--base", required=True, help="F's manifest (models/mnist-lenet.json)")
     v.add_argument("--groupings", type=_positive_int, default=10,
                    help="pairings of the validation images to average over (default 10)")
+    v.add_argument("--pick", action="store_true", help="end with 'best: PATH', the candidate with the best mean")
     v.add_argument("candidates", nargs="+", help="parity manifests, each beside its ONNX file")
     v.set_defaults(run=cmd_compare)
+
+    ec = sub.add_parser("evaluate-code", help="degraded mode of a code with r parities per group: every "
+                        "pattern of up to r missing members, on the test set")
+    ec.add_argument("--base", required=True, help="F's manifest (models/mnist-lenet.json)")
+    ec.add_argument("--record", action="store_true",
+                    help="write the result into the manifests of parities j > 0 as accuracy.code")
+    ec.add_argument("--out", help="also write the result to this JSON file")
+    ec.add_argument("parities", nargs="+", help="the code's parity manifests, parity 0 to r - 1 (any order)")
+    ec.set_defaults(run=cmd_evaluate_code)
     return p
 
 

@@ -22,10 +22,13 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     """Trains Fp as the arguments say (or reads it from --from-checkpoint), then exports and
     evaluates it; with --checkpoint-only, writes the checkpoint instead of exporting."""
     base_path, base = _base_manifest(args)
-    encoder = encoders.get(args.encoder)
-    encoder.check_k(args.k)
+    try:
+        encoder = encoders.for_parity(args.encoder, args.k, args.parity_index, args.parities)
+        encoder.check_k(args.k)
+    except ValueError as e:
+        raise SystemExit(f"parity: {e}") from None
     arch = args.arch or base["training"].get("arch", "mlp")
-    name = args.name or f"{base['name']}-parity-{encoder.short}-k{args.k}"
+    name = args.name or default_name(base["name"], encoder, args.k, args.parity_index, args.parities)
     ds = data.load(base["dataset"])
     # F is frozen: its logits are computed from the exported ONNX model, which is exactly
     # what the serving side subtracts when it decodes.
@@ -34,17 +37,41 @@ def cmd_parity(args: argparse.Namespace, argv: list[str]) -> int:
     if args.from_checkpoint and args.checkpoint_only:
         raise SystemExit("give either --checkpoint-only (train) or --from-checkpoint (finish), not both")
     if args.from_checkpoint:
-        model, info = _load_checkpoint(Path(args.from_checkpoint), base, encoder, args.k, arch, ds)
+        model, info = _load_checkpoint(Path(args.from_checkpoint), base, encoder, args.k, arch, ds, args)
         info["finished"] = command_line(argv)
     else:
         model, info = _train_parity(args, argv, base_path, base, encoder, arch, ds, f)
         if args.checkpoint_only:
             path = Path(args.checkpoint_only)
-            checkpoint.save(path, model, info, checkpoint.identity(base, encoder.name, args.k, arch))
+            checkpoint.save(path, model, info, _identity(base, encoder, args.k, arch, args))
             train.log(f"Fp {name}: trained; weights and training record in {path} (finish with parity --from-checkpoint {path})")
             return 0
     _export_and_evaluate(args, name, model, info, base, encoder, ds, f)
     return 0
+
+
+def default_name(base: str, encoder: encoders.Encoder, k: int, parity_index: int = 0, parities: int = 1) -> str:
+    """{base}-parity-{encoder}-k{k}; parity j > 0 of a code with r parities adds -r{r}-p{j}
+    (parity 0 of any code is the plain model: the same name)."""
+    name = f"{base}-parity-{encoder.short}-k{k}"
+    return f"{name}-r{parities}-p{parity_index}" if parity_index > 0 else name
+
+
+def _code_fields(args: argparse.Namespace, encoder: encoders.Encoder, k: int) -> dict:
+    """A parity of a code with r > 1 (or parity j > 0): its index, r and its row of weights.
+    Empty for the plain r = 1 model, whose manifest and checkpoint stay as they were."""
+    if args.parity_index == 0 and args.parities == 1:
+        return {}
+    weights = list(encoder.weights) if encoder.weights is not None else [1.0] * k
+    return {"parity_index": args.parity_index, "parities": args.parities, "weights": weights}
+
+
+def _identity(base: dict, encoder: encoders.Encoder, k: int, arch: str, args: argparse.Namespace) -> dict:
+    """The checkpoint identity: the plain one, plus the code fields for a weighted parity."""
+    what = checkpoint.identity(base, encoder.name, k, arch)
+    if args.parity_index > 0:
+        what.update(_code_fields(args, encoder, k))
+    return what
 
 
 def _base_manifest(args: argparse.Namespace) -> tuple[Path, dict]:
@@ -96,7 +123,8 @@ def _export_and_evaluate(args: argparse.Namespace, name: str, model: torch.nn.Mo
     # groups: the test-set indices of the members of each reference input, so another
     # implementation of the encoder can check that it builds the same parity inputs.
     reference = {**export.reference_io(fp, parity_x[:REFERENCE_COUNT]), "groups": groups[:REFERENCE_COUNT].tolist()}
-    manifest = _parity_manifest(name, onnx_path.name, base, encoder, args.k, ds, accuracy, reference, info)
+    manifest = _parity_manifest(name, onnx_path.name, base, encoder, args.k, ds, accuracy, reference, info,
+                                _code_fields(args, encoder, args.k))
     export.write_manifest(out / f"{name}.json", manifest)
     export.check_manifest(out / f"{name}.json")
     train.log(
@@ -107,8 +135,9 @@ def _export_and_evaluate(args: argparse.Namespace, name: str, model: torch.nn.Mo
 
 
 def _parity_manifest(name: str, file: str, base: dict, encoder: encoders.Encoder, k: int, ds: data.Dataset,
-                     accuracy: dict, reference: dict, training: dict) -> dict:
-    """The parity model's manifest (models/README.md describes its fields)."""
+                     accuracy: dict, reference: dict, training: dict, code: dict | None = None) -> dict:
+    """The parity model's manifest (models/README.md describes its fields); `code`: the
+    parity_index, parities and weights of a parity of a code with r > 1."""
     p_mean, p_std = encoder.normalization(ds.mean, ds.std, k)
     return {
         "name": name,
@@ -118,6 +147,7 @@ def _parity_manifest(name: str, file: str, base: dict, encoder: encoders.Encoder
         "base": base["name"],
         "k": k,
         "encoder": encoder.name,
+        **(code or {}),
         "input_shape": list(ds.input_shape),
         "input_range": list(encoder.input_range(k)),
         "normalization": {"mean": round(p_mean, 6), "std": p_std, "in_graph": True},
@@ -155,9 +185,10 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
     )
     info = training_info(args, trained, hyper, argv, arch)
     info["train_examples"] = len(fit)
+    target = "sum F(Xi)" if encoder.weights is None else "sum w_i F(Xi)"
     info["loss"] = (
-        "mse(Fp(P), sum F(Xi))" if args.ce_weight == 0
-        else f"mse(Fp(P), sum F(Xi)) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
+        f"mse(Fp(P), {target})" if args.ce_weight == 0
+        else f"mse(Fp(P), {target}) + {args.ce_weight:g} * cross_entropy(decoded, F top-1)"
     )
     info["init"] = init_description
     if args.partial_groups:
@@ -173,9 +204,9 @@ def _train_parity(args: argparse.Namespace, argv: list[str], base_path: Path, ba
 
 
 def _load_checkpoint(path: Path, base: dict, encoder: encoders.Encoder, k: int, arch: str,
-                     ds: data.Dataset) -> tuple[torch.nn.Module, dict]:
+                     ds: data.Dataset, args: argparse.Namespace) -> tuple[torch.nn.Module, dict]:
     """Fp from a `--checkpoint-only` file, checked to be the parity model these arguments describe."""
-    weights, training = checkpoint.read(path, expected=checkpoint.identity(base, encoder.name, k, arch))
+    weights, training = checkpoint.read(path, expected=_identity(base, encoder, k, arch, args))
     p_mean, p_std = encoder.normalization(ds.mean, ds.std, k)
     model = models.build(arch, p_mean, p_std, ds.input_shape, ds.num_classes)
     models.load_weights(model, weights)

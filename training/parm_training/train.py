@@ -203,7 +203,7 @@ def decode_groups(encoder: enc.Encoder, parity_predict: Predict, x: np.ndarray, 
     decoded as Fp(P) - sum of the other members' F outputs."""
     members = groups if present is None else groups[:, :present]
     parity_out = torch.as_tensor(parity_predict(encode_groups(encoder, x, groups, present)))
-    return enc.decode(parity_out, torch.as_tensor(base_logits[members])).argmax(-1).numpy()
+    return encoder.decode(parity_out, torch.as_tensor(base_logits[members])).argmax(-1).numpy()
 
 
 @dataclass
@@ -340,13 +340,14 @@ def _shifted_targets(images: torch.Tensor, base: nn.Module, max_shift: int,
     return moved.reshape(images.shape), members, members.argmax(dim=-1)
 
 
-def _parity_loss(out: torch.Tensor, members: torch.Tensor, top1: torch.Tensor, present: torch.Tensor,
-                 ce_weight: float) -> torch.Tensor:
-    """MSE of Fp(P) against the sum of the members' F outputs, plus ce_weight times the mean
-    over present members of the cross-entropy of their decoded outputs against F's top-1."""
-    loss = nnf.mse_loss(out, members.sum(dim=1))
+def _parity_loss(encoder: enc.Encoder, out: torch.Tensor, members: torch.Tensor, top1: torch.Tensor,
+                 present: torch.Tensor, ce_weight: float) -> torch.Tensor:
+    """MSE of Fp(P) against the (for parity j > 0 of a code: weighted) sum of the members' F
+    outputs, plus ce_weight times the mean over present members of the cross-entropy of
+    their decoded outputs against F's top-1."""
+    loss = nnf.mse_loss(out, encoder.target(members))
     if ce_weight > 0:
-        decoded = enc.decode(out, members)  # [n, k, C]
+        decoded = encoder.decode(out, members)  # [n, k, C]
         # The mean over present members, as a masked mean: indexing by the mask would
         # make every step wait for the GPU to count it.
         ce = nnf.cross_entropy(decoded.flatten(0, 1), top1.flatten(), reduction="none")
@@ -376,7 +377,7 @@ def _parity_step(model: nn.Module, encoder: enc.Encoder, k: int, x: torch.Tensor
             present = partial_mask(len(groups), k, partial_fraction, partial_gen)
             images = images * present[:, :, None, None, None]
             members = members * present[:, :, None]
-        return _parity_loss(model(encoder.encode(images)), members, top1, present, ce_weight)
+        return _parity_loss(encoder, model(encoder.encode(images)), members, top1, present, ce_weight)
 
     return step
 

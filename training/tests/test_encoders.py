@@ -37,7 +37,7 @@ def test_concatenation_k4_tiles_quarters():
 
 
 def test_concatenation_rejects_other_k():
-    with pytest.raises(ValueError, match="k = 2 or 4"):
+    with pytest.raises(ValueError, match="k = 2, 4 or 8"):
         encoders.get("concatenation").check_k(3)
 
 

@@ -50,3 +50,32 @@ def test_train_parity_gpu_script_trains_hands_over_and_finishes(tmp_path, repo):
     assert k2["arch"] == "convnet" and k2["optimizer"]["lr"] == 5e-4 and "augmentation" in k2
     assert k2["validation"]["groupings"] == 3
     assert "mnist-add-k2-shifted.npz" in k2["command"] and k2["continued_from"]["init"] == "random"
+
+
+def test_train_parity_gpu_script_r2_jobs_pick_candidates_and_evaluate_the_codes(tmp_path, repo):
+    """JOBS=r2: parity 1 of the r = 2 codes at k = 2, 4 and addition at k = 8, two candidates
+    each (compare --pick keeps one), concatenation k = 8 finished but not installed, and
+    each code's erasure patterns recorded in its parity-1 manifest."""
+    env = {**os.environ, "PY": sys.executable, "DEVICE": "cpu", "MINUTES": "0.01", "MINUTES2": "0.01",
+           "LIMIT": "200", "MODELS": str(tmp_path / "models"), "JOBS": "r2"}
+    script = repo / "scripts" / "train-parity-gpu"
+    work = tmp_path / "work"
+    subprocess.run([script, "train", work], env=env, check=True, capture_output=True, text=True)
+    finals = {"k2-r2-p1-convnet", "k2-r2-p1-lenet", "k4-r2-p1", "k4-r2-p1-warm", "add-k8", "add-k8-convnet", "concat-k8"}
+    assert {p.stem for p in work.glob("*.npz")} == finals | {f"{n}-shifted" for n in finals}
+
+    done = subprocess.run([script, "finish", work], env=env, check=True, capture_output=True, text=True)
+    models = tmp_path / "models"
+    assert {p.stem for p in models.glob("*.json")} == {
+        "mnist-lenet-parity-add-k2-r2-p1", "mnist-lenet-parity-add-k4-r2-p1", "mnist-lenet-parity-add-k8"}
+    assert done.stdout.count("best: ") == 3 and "FAIL" not in done.stdout
+    assert "mnist-lenet-parity-concat-k8: finished in" in done.stdout
+    k4 = json.loads((models / "mnist-lenet-parity-add-k4-r2-p1.json").read_text())
+    assert (k4["parity_index"], k4["parities"]) == (1, 2) and k4["weights"] == [1.0, 4 / 3, 1 + 2 / 3, 2.0]
+    assert "augmentation" not in k4["training"] and "augmentation" in k4["training"]["continued_from"]
+    code = k4["accuracy"]["code"]
+    assert code["parity_models"] == ["mnist-lenet-parity-add-k4", "mnist-lenet-parity-add-k4-r2-p1"]
+    assert [(p["missing"], p["parities"], p["reconstructions"]) for p in code["patterns"]] == [
+        (1, [0], 10000), (1, [1], 10000), (1, [0, 1], 10000), (2, [0, 1], 6 * 2500 * 2)]
+    k8 = json.loads((models / "mnist-lenet-parity-add-k8.json").read_text())
+    assert k8["k"] == 8 and not {"parity_index", "parities", "weights"} & set(k8)

@@ -23,13 +23,14 @@
 
 use anyhow::{bail, Context as _};
 use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};
+use parm_core::multi_parity::LinearCode;
 use parm_core::{reconstruct, top1, ParityEncoder, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use clap::Parser;
+use parm_benchmarks::accuracy_report::{pct, write_report, BaseResult, ParityResult, Report, paper_figure};
 use parm::mnist::Mnist;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -110,76 +111,11 @@ fn run(model: &Model, inputs: &[Tensor]) -> anyhow::Result<Vec<Vec<f32>>> {
     Ok(out)
 }
 
-/// A deployed model's accuracy on its test set, for the report.
-#[derive(Serialize)]
-struct BaseResult {
-    name: String,
-    dataset: String,
-    test_examples: usize,
-    top1: f64,
-    seconds: f64,
-}
-
-/// A parity model, as the report names it (its reconstruction accuracy is in the rows).
-#[derive(Serialize)]
-struct ParityResult {
-    name: String,
-    base: String,
-    dataset: String,
-    encoder: String,
-    k: usize,
-    groups: usize,
-    reconstructions: usize,
-    base_top1: f64,
-    reconstruction_top1: f64,
-    /// Reconstruction top-1 of each grouping alone (how much the pairing moves it).
-    reconstruction_top1_per_grouping: Vec<f64>,
-    agreement_with_base: f64,
-    /// Agreement with F in partial groups (the first m < k members of each group, zeros in
-    /// the other slots, as the encoder sends a group its linger closed early); None for k = 1.
-    partial_agreement_with_base: Option<f64>,
-    /// base_top1 - reconstruction_top1, in percentage points.
-    gap_points: f64,
-    paper: Option<Paper>,
-    /// Largest difference between parm-core's parity inputs and training's on the
-    /// manifest's reference groups (None: the manifest records no groups).
-    encoder_max_difference: Option<f32>,
-    seconds: f64,
-}
-
-/// The paper's figure for one dataset and k: deployed and reconstructed top-1 (%).
-#[derive(Serialize, Clone, Copy)]
-struct Paper {
-    deployed: f64,
-    reconstructed: f64,
-}
-
-/// Everything `accuracy` measured, written as JSON beside the Markdown table.
-#[derive(Serialize)]
-struct Report {
-    what: &'static str,
-    seed: u64,
-    groupings: u64,
-    limit: Option<usize>,
-    data: BTreeMap<String, String>,
-    base: Vec<BaseResult>,
-    parity: Vec<ParityResult>,
-}
-
-/// The paper's k = 2 degraded-mode figures (Figure 5, read to ±0.5; the table in docs/design.md).
-fn paper_figure(dataset: &str, k: usize) -> Option<Paper> {
-    match (dataset, k) {
-        ("mnist", 2) => Some(Paper { deployed: 99.2, reconstructed: 99.2 }),
-        ("fashion-mnist", 2) => Some(Paper { deployed: 92.9, reconstructed: 91.1 }),
-        _ => None,
-    }
-}
-
 /// Checks that `ParityEncoder::encode` builds the parity inputs that training built: the
 /// manifest's `reference.groups` (test-set indices) were encoded in Python into
 /// `reference.inputs`. Returns the largest difference, or None when the manifest has no
 /// groups (or they fall outside a `--limit`ed test set).
-fn encoder_difference(path: &Path, encoder: ParityEncoder, k: usize, set: &TestSet) -> anyhow::Result<Option<f32>> {
+fn encoder_difference(path: &Path, coding: &Coding, k: usize, set: &TestSet) -> anyhow::Result<Option<f32>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let (Some(groups), Some(inputs)) = (v["reference"]["groups"].as_array(), v["reference"]["inputs"].as_array()) else {
@@ -192,7 +128,7 @@ fn encoder_difference(path: &Path, encoder: ParityEncoder, k: usize, set: &TestS
             return Ok(None);
         }
         let members: Vec<&Tensor> = idx.iter().map(|&i| &set.data.images[i]).collect();
-        let p = encoder.encode(k, &members)?;
+        let p = coding.encode(k, &members)?;
         let want: Vec<f32> = input.as_array().context("reference.inputs holds lists")?.iter().filter_map(|x| x.as_f64().map(|x| x as f32)).collect();
         if want.len() != p.data().len() {
             bail!("{}: reference input has {} values, the encoder made {}", path.display(), want.len(), p.data().len());
@@ -202,6 +138,64 @@ fn encoder_difference(path: &Path, encoder: ParityEncoder, k: usize, set: &TestS
         }
     }
     Ok(Some(worst))
+}
+
+/// How a parity model's inputs are built and its outputs decoded: the served codes
+/// (addition, concatenation), or parity j > 0 of an r-parity linear code
+/// (`parm_core::multi_parity`), whose input is `Σ_i w_ji X_i`.
+enum Coding {
+    Plain(ParityEncoder),
+    Weighted { code: LinearCode, j: usize },
+}
+
+impl Coding {
+    /// The coding of the parity model `m`: a weighted one when its manifest names a parity
+    /// index above 0, whose weights must be the code's.
+    fn of(m: &ModelManifest, k: usize) -> anyhow::Result<Self> {
+        let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
+        let j = m.parity_index();
+        if j == 0 {
+            return Ok(Coding::Plain(encoder));
+        }
+        if encoder != ParityEncoder::Addition {
+            bail!("{}: parity {j} of a code must use the addition encoder", m.name);
+        }
+        let r = m.parities.with_context(|| format!("{}: parity_index without parities", m.name))?;
+        let code = LinearCode::new(k, r).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
+        let want = code.weights(j).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
+        let got = m.weights.as_deref().with_context(|| format!("{}: parity_index without weights", m.name))?;
+        if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| (a - b).abs() > 1e-9) {
+            bail!("{}: weights {got:?} are not row {j} of parm-core's code for k = {k}, r = {r} ({want:?})", m.name);
+        }
+        Ok(Coding::Weighted { code, j })
+    }
+
+    /// The parity input of up to k members (a shorter group as if the rest were zero).
+    fn encode(&self, k: usize, members: &[&Tensor]) -> anyhow::Result<Tensor> {
+        Ok(match self {
+            Coding::Plain(e) => e.encode(k, members)?,
+            Coding::Weighted { code, j } => code.encode(*j, members)?,
+        })
+    }
+
+    /// Member `erased` of a group decoded from the parity output and the other members'
+    /// F outputs (`outputs`, one per member of the group, possibly fewer than k).
+    fn decode(&self, k: usize, parity: &[f32], outputs: &[&[f32]], erased: usize) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Coding::Plain(_) => {
+                let others = outputs.iter().enumerate().filter(|&(i, _)| i != erased).map(|(_, o)| *o);
+                reconstruct(parity, others).context("parity and base outputs differ in size")
+            }
+            Coding::Weighted { code, j } => {
+                let zeros = vec![0.0f32; parity.len()];
+                let members: Vec<Option<&[f32]>> =
+                    (0..k).map(|i| if i == erased { None } else { Some(outputs.get(i).copied().unwrap_or(&zeros)) }).collect();
+                let parities: Vec<Option<&[f32]>> = (0..code.r()).map(|p| (p == *j).then_some(parity)).collect();
+                let mut got = code.recover(&members, &parities)?;
+                got.pop().map(|(_, y)| y).context("the code recovered no member")
+            }
+        }
+    }
 }
 
 /// Counts over every reconstruction of a set of groups.
@@ -235,23 +229,21 @@ impl std::ops::AddAssign for Counts {
 fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u64, groupings: u64) -> anyhow::Result<(Counts, Counts, Vec<f64>)> {
     let m = &fp.manifest;
     let k = m.k.with_context(|| format!("{}: parity manifest without k", m.name))?;
-    let encoder: ParityEncoder = m
-        .encoder
-        .as_deref()
-        .with_context(|| format!("{}: parity manifest without encoder", m.name))?
-        .parse()
-        .map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
+    if m.encoder.is_none() {
+        bail!("{}: parity manifest without encoder", m.name);
+    }
+    let coding = Coding::of(m, k)?;
     let (mut full, mut partial, mut per_grouping) = (Counts::default(), Counts::default(), Vec::new());
     for s in seed..seed + groupings {
         let mut order: Vec<usize> = (0..set.data.images.len()).collect();
         order.shuffle(&mut StdRng::seed_from_u64(s));
         let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
-        let one = decode_groups(fp, encoder, k, &groups, set, base_logits)?;
+        let one = decode_groups(fp, &coding, k, &groups, set, base_logits)?;
         per_grouping.push(one.correct as f64 / one.total as f64);
         full += one;
         for size in 1..k {
             let cut: Vec<&[usize]> = groups.iter().map(|g| &g[..size]).collect();
-            partial += decode_groups(fp, encoder, k, &cut, set, base_logits)?;
+            partial += decode_groups(fp, &coding, k, &cut, set, base_logits)?;
         }
     }
     Ok((full, partial, per_grouping))
@@ -259,20 +251,20 @@ fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u6
 
 /// Encodes each group (zero-padded to k when shorter), runs Fp, and decodes every member
 /// of every group in turn from the parity output and the other members' F outputs.
-fn decode_groups(fp: &Model, encoder: ParityEncoder, k: usize, groups: &[&[usize]], set: &TestSet, base_logits: &[Vec<f32>]) -> anyhow::Result<Counts> {
+fn decode_groups(fp: &Model, coding: &Coding, k: usize, groups: &[&[usize]], set: &TestSet, base_logits: &[Vec<f32>]) -> anyhow::Result<Counts> {
     let parity_inputs = groups
         .iter()
         .map(|g| {
             let members: Vec<&Tensor> = g.iter().map(|&i| &set.data.images[i]).collect();
-            encoder.encode(k, &members).with_context(|| format!("encoding a group for {}", fp.manifest.name))
+            coding.encode(k, &members).with_context(|| format!("encoding a group for {}", fp.manifest.name))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let parity_out = run(fp, &parity_inputs)?;
     let mut c = Counts { groups: groups.len(), ..Counts::default() };
     for (g, p) in groups.iter().zip(&parity_out) {
+        let outputs: Vec<&[f32]> = g.iter().map(|&o| base_logits[o].as_slice()).collect();
         for (j, &erased) in g.iter().enumerate() {
-            let others = g.iter().enumerate().filter(|&(i, _)| i != j).map(|(_, &o)| base_logits[o].as_slice());
-            let decoded = reconstruct(p, others).context("parity and base outputs differ in size")?;
+            let decoded = coding.decode(k, p, &outputs, j)?;
             let got = top1(&decoded);
             let f_top = top1(&base_logits[erased]);
             c.correct += usize::from(got == Some(usize::from(set.data.labels[erased])));
@@ -282,86 +274,6 @@ fn decode_groups(fp: &Model, encoder: ParityEncoder, k: usize, groups: &[&[usize
         }
     }
     Ok(c)
-}
-
-fn pct(x: f64) -> String {
-    format!("{:.2}", 100.0 * x)
-}
-
-/// "lo–hi" of per-grouping fractions, in percent.
-fn spread(xs: &[f64]) -> String {
-    let lo = xs.iter().copied().fold(f64::INFINITY, f64::min);
-    let hi = xs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    format!("{}–{}", pct(lo), pct(hi))
-}
-
-fn markdown(report: &Report) -> String {
-    let mut s = String::new();
-    s.push_str("# Degraded-mode accuracy\n\n");
-    s.push_str(
-        "Written by `cargo run --release -p parm-benchmarks --bin accuracy` (see `benchmarks/README.md`): \
-         tract runs the ONNX models in `models/`, parm-core encodes the parity inputs and decodes \
-         (the serving code path). The test set is split into seeded random coding groups of k, several \
-         times over (groupings, counts summed); every member of every group is erased in turn and reconstructed as Fp(P) − Σ_{i≠j} F(Xi). \
-         *Reconstruction* is the decoded top-1 against the true labels (the paper's degraded-mode \
-         accuracy), *agreement* the decoded top-1 against F's own top-1. *Partial groups*: the first \
-         m < k members of each group with zeros in the other slots (how the encoder sends a group \
-         that its linger closed early; common at low rates), each member erased in turn. Percent.\n\n",
-    );
-    s.push_str(&format!(
-        "{} groupings (seeds {}–{}), so each test example is reconstructed {} times per parity model; data: ",
-        report.groupings,
-        report.seed,
-        report.seed + report.groupings - 1,
-        report.groupings
-    ));
-    s.push_str(&report.data.iter().map(|(d, src)| format!("{d}: {src}")).collect::<Vec<_>>().join("; "));
-    s.push_str(".\n\n");
-    if report.limit.is_some() {
-        s.push_str("**Partial run (`--limit`): not the whole test set.**\n\n");
-    }
-    s.push_str("| data set | F | F top-1 | Fp | encoder | k | reconstruction top-1 | range over groupings | gap (points) | agreement with F | agreement, partial groups | paper (k=2): deployed → reconstructed |\n");
-    s.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
-    for p in &report.parity {
-        let paper = p.paper.map_or("—".to_string(), |q| format!("{:.1} → {:.1}", q.deployed, q.reconstructed));
-        s.push_str(&format!(
-            "| {} | `{}` | {} | `{}` | {} | {} | {} | {} | {:.2} | {} | {} | {} |\n",
-            p.dataset,
-            p.base,
-            pct(p.base_top1),
-            p.name,
-            p.encoder,
-            p.k,
-            pct(p.reconstruction_top1),
-            spread(&p.reconstruction_top1_per_grouping),
-            p.gap_points,
-            pct(p.agreement_with_base),
-            p.partial_agreement_with_base.map_or("—".to_string(), pct),
-            paper
-        ));
-    }
-    let without: Vec<&BaseResult> = report.base.iter().filter(|b| !report.parity.iter().any(|p| p.base == b.name)).collect();
-    if !without.is_empty() {
-        s.push_str("\nBase models without a parity model: ");
-        s.push_str(&without.iter().map(|b| format!("`{}` {} top-1 {}", b.name, b.dataset, pct(b.top1))).collect::<Vec<_>>().join(", "));
-        s.push_str(".\n");
-    }
-    let checked: Vec<String> = report
-        .parity
-        .iter()
-        .filter_map(|p| p.encoder_max_difference.map(|d| format!("`{}` {d:.1e}", p.name)))
-        .collect();
-    if !checked.is_empty() {
-        s.push_str(&format!(
-            "\nparm-core's encoder rebuilds training's reference parity inputs (largest difference): {}.\n",
-            checked.join(", ")
-        ));
-    }
-    s.push_str(
-        "\nPaper figures: Kosaian et al., SOSP 2019, Figure 5 (k = 2, read to ±0.5); the paper's MNIST and \
-         Fashion-MNIST F differ from ours, so compare gaps rather than absolute numbers.\n",
-    );
-    s
 }
 
 fn main() -> anyhow::Result<()> {
@@ -437,15 +349,17 @@ fn measure_parity(path: &Path, pm: &ModelManifest, f: &Model, set: &TestSet, log
     let fp = Model::load(path)?;
     let (full, partial, per_grouping) = evaluate_parity(&fp, set, logits, args.seed, args.groupings)?;
     let (groups, total, correct, agree, base_correct) = (full.groups, full.total, full.correct, full.agree, full.base_correct);
-    let encoder: ParityEncoder = pm.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!(e))?;
-    let encoder_max_difference = encoder_difference(path, encoder, pm.k.unwrap_or_default(), set)?;
+    let k = pm.k.unwrap_or_default();
+    let coding = Coding::of(pm, k)?;
+    let encoder_max_difference = encoder_difference(path, &coding, k, set)?;
     // Reference inputs are rounded to 7 significant digits: values up to 4 differ by < 1e-6.
     if let Some(d) = encoder_max_difference {
         if d > 1e-5 {
             bail!(
-                "{}: parm-core's {encoder} encoder builds different parity inputs than training did \
+                "{}: parm-core's {} encoder builds different parity inputs than training did \
                  (largest difference {d:e} on the manifest's reference groups); the decoded accuracy would be meaningless",
-                path.display()
+                path.display(),
+                pm.encoder.as_deref().unwrap_or_default()
             );
         }
     }
@@ -479,15 +393,4 @@ fn measure_parity(path: &Path, pm: &ModelManifest, f: &Model, set: &TestSet, log
         r.seconds
     );
     Ok(r)
-}
-
-/// Writes `accuracy.md` and `accuracy.json` into `out`.
-fn write_report(report: &Report, out: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let md = out.join("accuracy.md");
-    let json = out.join("accuracy.json");
-    std::fs::write(&md, markdown(report)).with_context(|| format!("writing {}", md.display()))?;
-    std::fs::write(&json, serde_json::to_string_pretty(report)? + "\n").with_context(|| format!("writing {}", json.display()))?;
-    eprintln!("accuracy: wrote {} and {}", md.display(), json.display());
-    Ok(())
 }

@@ -29,6 +29,15 @@ pub struct ModelManifest {
     pub k: Option<usize>,
     #[serde(default)]
     pub encoder: Option<String>,
+    /// For a parity model of a code with several parities per group (r > 1): which parity
+    /// it is (0: the plain addition code's), of how many, and its row of the code's
+    /// weights (`parm_core::multi_parity::LinearCode`). Absent for r = 1.
+    #[serde(default)]
+    pub parity_index: Option<usize>,
+    #[serde(default)]
+    pub parities: Option<usize>,
+    #[serde(default)]
+    pub weights: Option<Vec<f64>>,
     /// Shape of one input, without the batch dimension.
     pub input_shape: Vec<usize>,
     /// The smallest and largest value an input may hold (MNIST pixels: `[0, 1]`); a query
@@ -40,6 +49,13 @@ pub struct ModelManifest {
     pub reference: Option<Reference>,
     #[serde(default)]
     pub accuracy: serde_json::Value,
+}
+
+impl ModelManifest {
+    /// Which parity of its code this parity model is (0 when the manifest names none).
+    pub fn parity_index(&self) -> usize {
+        self.parity_index.unwrap_or(0)
+    }
 }
 
 /// Inputs and the outputs the exporting framework computed for them.
