@@ -30,7 +30,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use clap::Parser;
-use parm_benchmarks::accuracy_report::{pct, write_report, BaseResult, ParityResult, Report, paper_figure};
+use parm_benchmarks::accuracy_code::{encode_groups, score_patterns};
+use parm_benchmarks::accuracy_report::{paper_figure, pct, write_report, BaseResult, CodeResult, ParityResult, Report};
 use parm::mnist::Mnist;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -282,7 +283,7 @@ fn main() -> anyhow::Result<()> {
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     let (bases, parities) = manifests_by_role(&models)?;
     let mut report =
-        Report { what: "degraded-mode accuracy", seed: args.seed, groupings: args.groupings, limit: args.limit, data: BTreeMap::new(), base: Vec::new(), parity: Vec::new() };
+        Report { what: "degraded-mode accuracy", seed: args.seed, groupings: args.groupings, limit: args.limit, data: BTreeMap::new(), base: Vec::new(), parity: Vec::new(), codes: Vec::new() };
     let mut sets: BTreeMap<String, TestSet> = BTreeMap::new();
     for base_path in &bases {
         let f = Model::load(base_path)?;
@@ -297,6 +298,9 @@ fn main() -> anyhow::Result<()> {
         report.base.push(base);
         for (path, pm) in parities.iter().filter(|(_, pm)| pm.base.as_deref() == Some(f.manifest.name.as_str())) {
             report.parity.push(measure_parity(path, pm, &f, set, &logits, &args)?);
+        }
+        for code in codes_of(&f.manifest.name, &parities)? {
+            report.codes.push(measure_code(&code, &f, set, &logits, &args)?);
         }
     }
     for (path, pm) in &parities {
@@ -393,4 +397,97 @@ fn measure_parity(path: &Path, pm: &ModelManifest, f: &Model, set: &TestSet, log
         r.seconds
     );
     Ok(r)
+}
+
+/// The codes with r > 1 parities over base `base` in `parities`: for each k, r that a
+/// parity model with `parity_index` above 0 names, the parity models of indices 0..r
+/// (parity 0 is the plain addition model of that k, or the one the manifests' recorded code
+/// names when there are several).
+fn codes_of<'a>(base: &str, parities: &'a [ParityManifest]) -> anyhow::Result<Vec<Vec<&'a ParityManifest>>> {
+    let of_base: Vec<&ParityManifest> = parities.iter().filter(|(_, m)| m.base.as_deref() == Some(base)).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut codes = Vec::new();
+    for (_, m) in of_base.iter().filter(|(_, m)| m.parity_index() > 0) {
+        let (Some(k), Some(r)) = (m.k, m.parities) else { continue };
+        if !seen.insert((k, r)) {
+            continue;
+        }
+        let named: Vec<String> = m.accuracy["code"]["parity_models"].as_array().map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect()).unwrap_or_default();
+        let mut members = Vec::new();
+        for j in 0..r {
+            let candidates: Vec<&&ParityManifest> = of_base
+                .iter()
+                .filter(|(_, c)| c.k == Some(k) && c.encoder.as_deref() == Some("addition") && c.parity_index() == j && (j == 0 || c.parities == Some(r)))
+                .collect();
+            let pick = candidates.iter().find(|(_, c)| named.contains(&c.name)).or_else(|| candidates.first());
+            match pick {
+                Some(p) => members.push(**p),
+                None => {
+                    eprintln!("accuracy: no parity {j} of the k = {k}, r = {r} code over {base}; its erasure patterns are not measured");
+                    break;
+                }
+            }
+        }
+        if members.len() == r {
+            codes.push(members);
+        }
+    }
+    Ok(codes)
+}
+
+/// Every erasure pattern of the code made of `members` (parity 0 first), over
+/// `args.groupings` groupings of the test set.
+fn measure_code(members: &[&ParityManifest], f: &Model, set: &TestSet, logits: &[Vec<f32>], args: &Args) -> anyhow::Result<CodeResult> {
+    let t0 = Instant::now();
+    let first = &members.first().context("a code without parity models")?.1;
+    let (k, r) = (first.k.unwrap_or_default(), members.len());
+    let code = LinearCode::new(k, r).map_err(|e| anyhow::anyhow!("k = {k}, r = {r}: {e}"))?;
+    for (j, (_, m)) in members.iter().enumerate() {
+        if j > 0 {
+            Coding::of(m, k)?; // its weights are the code's row j
+        }
+    }
+    let models: Vec<_> = members.iter().map(|(path, _)| Model::load(path)).collect::<anyhow::Result<_>>()?;
+    let mut patterns: Vec<parm_benchmarks::accuracy_code::PatternResult> = Vec::new();
+    let mut groups_total = 0;
+    for s in args.seed..args.seed + args.groupings {
+        let mut order: Vec<usize> = (0..set.data.images.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(s));
+        let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
+        groups_total += groups.len();
+        let inputs = encode_groups(&code, &groups, &set.data.images)?;
+        let mut outs: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(r); groups.len()];
+        for (j, fp) in models.iter().enumerate() {
+            let xs: Vec<Tensor> = inputs.iter().map(|ps| ps[j].clone()).collect();
+            for (o, y) in outs.iter_mut().zip(run(fp, &xs)?) {
+                o.push(y);
+            }
+        }
+        let rows = score_patterns(&code, &groups, &outs, logits, &set.data.labels)?;
+        if patterns.is_empty() {
+            patterns = rows;
+        } else {
+            for (acc, row) in patterns.iter_mut().zip(rows) {
+                acc.reconstructions += row.reconstructions;
+                acc.correct += row.correct;
+                acc.agree += row.agree;
+            }
+        }
+    }
+    let base_correct = logits.iter().zip(&set.data.labels).filter(|(l, &y)| top1(l) == Some(usize::from(y))).count();
+    let c = CodeResult {
+        base: f.manifest.name.clone(),
+        dataset: f.manifest.dataset.clone(),
+        k,
+        r,
+        parity_models: members.iter().map(|(_, m)| m.name.clone()).collect(),
+        groups: groups_total,
+        base_top1: base_correct as f64 / set.data.len().max(1) as f64,
+        patterns,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    for p in &c.patterns {
+        eprintln!("accuracy: code k={k} r={r} over {}: {} missing from parities {:?}: {} ({} reconstructions)", c.base, p.missing, p.parities, pct(p.top1()), p.reconstructions);
+    }
+    Ok(c)
 }
