@@ -35,8 +35,10 @@ result_schema = load_schema(str(repo / "schemas/result.avsc"))
 producer = Producer({"bootstrap.servers": a.brokers})
 # read_committed: with --delivery exactly-once a result counts only once its transaction
 # commits (librdkafka's default too; said here because Java clients default otherwise).
+# A fetch waiting at the broker is not answered when a transaction commits, so the wait is
+# kept short (5 ms, as parm's own clients; librdkafka's default is 500).
 consumer = Consumer({"bootstrap.servers": a.brokers, "group.id": "py-client", "enable.auto.commit": False,
-                     "isolation.level": "read_committed"})
+                     "isolation.level": "read_committed", "fetch.wait.max.ms": 5})
 results = f"{a.topic_prefix}.results"  # read from each partition's current end, before sending
 consumer.assign([TopicPartition(results, p, consumer.get_watermark_offsets(TopicPartition(results, p), timeout=10)[1])
                  for p in consumer.list_topics(results, timeout=10).topics[results].partitions])
