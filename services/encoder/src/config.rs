@@ -105,3 +105,33 @@ impl EncoderArgs {
         Ok(Limits { max_id_bytes: self.max_id_bytes, max_deadline_ms: self.max_deadline_ms, input_range: base_range.or(m.input_range) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The encoder's flags, parsed the way `parm encoder` parses them.
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        a: EncoderArgs,
+    }
+
+    fn plan(parity_model: &str) -> anyhow::Result<CodingPlan> {
+        Flags::try_parse_from(["encoder", "--parity-model", parity_model])?.a.coding_plan()
+    }
+
+    #[test]
+    fn a_served_parity_model_gives_its_code() {
+        let p = plan("mnist-lenet-parity-add-k2").unwrap();
+        assert_eq!((p.k, p.encoder), (2, ParityEncoder::Addition));
+    }
+
+    #[test]
+    fn a_second_parity_of_a_multi_parity_code_is_refused_with_a_reason() {
+        let e = plan("mnist-lenet-parity-add-k2-r2-p1").unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("parity 1 of a code with 2 parities") && msg.contains("does not serve"), "{msg}");
+    }
+}

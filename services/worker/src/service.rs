@@ -131,8 +131,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
         txn,
     };
     tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), "worker started");
-    let max_batch = args.max_batch.max(1);
-    let max_wait = Duration::from_millis(args.max_wait_ms);
+    let batching = Batching { max: args.max_batch.max(1), wait: Duration::from_millis(args.max_wait_ms) };
     started.store(true, Ordering::SeqCst);
     let mut generation = rebalances.get();
     loop {
@@ -161,28 +160,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
             w.on_reassigned(&consumer)?;
         }
         kafka::consumed(&consumer, &first);
-        let mut batch = vec![first];
-        let until = Instant::now() + max_wait;
-        while batch.len() < max_batch {
-            tokio::select! {
-                msg = consumer.recv() => match rejoin.readable(msg, &consumer, w.service(), "reading queries")? {
-                    Some(m) => {
-                        if w.txn.is_some() && rebalances.moved(&mut generation) {
-                            // Exactly once, the new assignment starts at the committed
-                            // offsets: what was gathered before it comes again from there
-                            // (or goes to the partition's new owner).
-                            w.on_reassigned(&consumer)?;
-                            batch.clear();
-                        }
-                        kafka::consumed(&consumer, &m);
-                        batch.push(m);
-                    }
-                    None if rejoin.pending() => break, // fenced: rejoin before reading on
-                    None => {}
-                },
-                _ = tokio::time::sleep_until(until.into()) => break,
-            }
-        }
+        let batch = gather(first, &consumer, &mut rejoin, &mut w, &rebalances, &mut generation, batching).await?;
         if let Some(h) = &health {
             if reassigned || !h.owns(batch.iter().map(|m| m.partition())) {
                 h.set_partitions(owned_partitions(&consumer));
@@ -207,6 +185,49 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
     }
     tracing::info!(worker = %w.name, counts = ?w.counts, "worker stopped");
     Ok(())
+}
+
+/// How a micro-batch is closed: at `max` queries, or `wait` after its first.
+#[derive(Debug, Clone, Copy)]
+struct Batching {
+    max: usize,
+    wait: Duration,
+}
+
+/// A micro-batch: `first` and what else arrives within the batching wait, up to its size.
+/// Borrows the session loop's state for one batch.
+async fn gather<'c>(
+    first: BorrowedMessage<'c>,
+    consumer: &'c StreamConsumer<ParmContext>,
+    rejoin: &mut kafka::Rejoin,
+    w: &mut Worker,
+    rebalances: &RebalanceCounter,
+    generation: &mut u64,
+    batching: Batching,
+) -> anyhow::Result<Vec<BorrowedMessage<'c>>> {
+    let mut batch = vec![first];
+    let until = Instant::now() + batching.wait;
+    while batch.len() < batching.max {
+        tokio::select! {
+            msg = consumer.recv() => match rejoin.readable(msg, consumer, w.service(), "reading queries")? {
+                Some(m) => {
+                    if w.txn.is_some() && rebalances.moved(generation) {
+                        // Exactly once, the new assignment starts at the committed
+                        // offsets: what was gathered before it comes again from there
+                        // (or goes to the partition's new owner).
+                        w.on_reassigned(consumer)?;
+                        batch.clear();
+                    }
+                    kafka::consumed(consumer, &m);
+                    batch.push(m);
+                }
+                None if rejoin.pending() => break, // fenced: rejoin before reading on
+                None => {}
+            },
+            _ = tokio::time::sleep_until(until.into()) => break,
+        }
+    }
+    Ok(batch)
 }
 
 /// The input partitions assigned to this worker now.
