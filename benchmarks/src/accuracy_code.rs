@@ -9,10 +9,71 @@
 //! group, M is recovered from P (exactly when |P| = m, by least squares otherwise) and each
 //! recovered member's top-1 is scored against the label (degraded accuracy) and F's top-1
 //! (agreement). The caller runs the models; this module only encodes, decodes and counts.
+//! [`Coding`] is how one parity model of any code is encoded and decoded on its own.
 
+use anyhow::{bail, Context as _};
+use parm_common::model::ModelManifest;
 use parm_core::multi_parity::LinearCode;
-use parm_core::{top1, Tensor};
+use parm_core::{reconstruct, top1, ParityEncoder, Tensor};
 use serde::Serialize;
+
+/// How a parity model's inputs are built and its outputs decoded: the served codes
+/// (addition, concatenation), or parity j > 0 of an r-parity linear code
+/// (`parm_core::multi_parity`), whose input is `Σ_i w_ji X_i`.
+pub enum Coding {
+    Plain(ParityEncoder),
+    Weighted { code: LinearCode, j: usize },
+}
+
+impl Coding {
+    /// The coding of the parity model `m`: a weighted one when its manifest names a parity
+    /// index above 0, whose weights must be the code's.
+    pub fn of(m: &ModelManifest, k: usize) -> anyhow::Result<Self> {
+        let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
+        let j = m.parity_index();
+        if j == 0 {
+            return Ok(Coding::Plain(encoder));
+        }
+        if encoder != ParityEncoder::Addition {
+            bail!("{}: parity {j} of a code must use the addition encoder", m.name);
+        }
+        let r = m.parities.with_context(|| format!("{}: parity_index without parities", m.name))?;
+        let code = LinearCode::new(k, r).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
+        let want = code.weights(j).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
+        let got = m.weights.as_deref().with_context(|| format!("{}: parity_index without weights", m.name))?;
+        if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| (a - b).abs() > 1e-9) {
+            bail!("{}: weights {got:?} are not row {j} of parm-core's code for k = {k}, r = {r} ({want:?})", m.name);
+        }
+        Ok(Coding::Weighted { code, j })
+    }
+
+    /// The parity input of up to k members (a shorter group as if the rest were zero).
+    pub fn encode(&self, k: usize, members: &[&Tensor]) -> anyhow::Result<Tensor> {
+        Ok(match self {
+            Coding::Plain(e) => e.encode(k, members)?,
+            Coding::Weighted { code, j } => code.encode(*j, members)?,
+        })
+    }
+
+    /// Member `erased` of a group decoded from the parity output and the other members'
+    /// F outputs (`outputs`, one per member of the group, possibly fewer than k).
+    pub fn decode(&self, k: usize, parity: &[f32], outputs: &[&[f32]], erased: usize) -> anyhow::Result<Vec<f32>> {
+        match self {
+            Coding::Plain(_) => {
+                let others = outputs.iter().enumerate().filter(|&(i, _)| i != erased).map(|(_, o)| *o);
+                reconstruct(parity, others).context("parity and base outputs differ in size")
+            }
+            Coding::Weighted { code, j } => {
+                let zeros = vec![0.0f32; parity.len()];
+                let members: Vec<Option<&[f32]>> =
+                    (0..k).map(|i| if i == erased { None } else { Some(outputs.get(i).copied().unwrap_or(&zeros)) }).collect();
+                let parities: Vec<Option<&[f32]>> = (0..code.r()).map(|p| (p == *j).then_some(parity)).collect();
+                let mut got = code.recover(&members, &parities)?;
+                got.pop().map(|(_, y)| y).context("the code recovered no member")
+            }
+        }
+    }
+}
 
 /// One erasure pattern's counts over every group of every grouping.
 #[derive(Debug, Clone, Serialize, PartialEq)]

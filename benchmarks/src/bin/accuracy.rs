@@ -24,13 +24,13 @@
 use anyhow::{bail, Context as _};
 use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};
 use parm_core::multi_parity::LinearCode;
-use parm_core::{reconstruct, top1, ParityEncoder, Tensor};
+use parm_core::{top1, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use clap::Parser;
-use parm_benchmarks::accuracy_code::{encode_groups, score_patterns};
+use parm_benchmarks::accuracy_code::{encode_groups, score_patterns, Coding};
 use parm_benchmarks::accuracy_report::{paper_figure, pct, write_report, BaseResult, CodeResult, ParityResult, Report};
 use parm::mnist::Mnist;
 use std::io::Read as _;
@@ -139,64 +139,6 @@ fn encoder_difference(path: &Path, coding: &Coding, k: usize, set: &TestSet) -> 
         }
     }
     Ok(Some(worst))
-}
-
-/// How a parity model's inputs are built and its outputs decoded: the served codes
-/// (addition, concatenation), or parity j > 0 of an r-parity linear code
-/// (`parm_core::multi_parity`), whose input is `Σ_i w_ji X_i`.
-enum Coding {
-    Plain(ParityEncoder),
-    Weighted { code: LinearCode, j: usize },
-}
-
-impl Coding {
-    /// The coding of the parity model `m`: a weighted one when its manifest names a parity
-    /// index above 0, whose weights must be the code's.
-    fn of(m: &ModelManifest, k: usize) -> anyhow::Result<Self> {
-        let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or_default().parse().map_err(|e: String| anyhow::anyhow!("{}: {e}", m.name))?;
-        let j = m.parity_index();
-        if j == 0 {
-            return Ok(Coding::Plain(encoder));
-        }
-        if encoder != ParityEncoder::Addition {
-            bail!("{}: parity {j} of a code must use the addition encoder", m.name);
-        }
-        let r = m.parities.with_context(|| format!("{}: parity_index without parities", m.name))?;
-        let code = LinearCode::new(k, r).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
-        let want = code.weights(j).map_err(|e| anyhow::anyhow!("{}: {e}", m.name))?;
-        let got = m.weights.as_deref().with_context(|| format!("{}: parity_index without weights", m.name))?;
-        if got.len() != want.len() || got.iter().zip(want).any(|(a, b)| (a - b).abs() > 1e-9) {
-            bail!("{}: weights {got:?} are not row {j} of parm-core's code for k = {k}, r = {r} ({want:?})", m.name);
-        }
-        Ok(Coding::Weighted { code, j })
-    }
-
-    /// The parity input of up to k members (a shorter group as if the rest were zero).
-    fn encode(&self, k: usize, members: &[&Tensor]) -> anyhow::Result<Tensor> {
-        Ok(match self {
-            Coding::Plain(e) => e.encode(k, members)?,
-            Coding::Weighted { code, j } => code.encode(*j, members)?,
-        })
-    }
-
-    /// Member `erased` of a group decoded from the parity output and the other members'
-    /// F outputs (`outputs`, one per member of the group, possibly fewer than k).
-    fn decode(&self, k: usize, parity: &[f32], outputs: &[&[f32]], erased: usize) -> anyhow::Result<Vec<f32>> {
-        match self {
-            Coding::Plain(_) => {
-                let others = outputs.iter().enumerate().filter(|&(i, _)| i != erased).map(|(_, o)| *o);
-                reconstruct(parity, others).context("parity and base outputs differ in size")
-            }
-            Coding::Weighted { code, j } => {
-                let zeros = vec![0.0f32; parity.len()];
-                let members: Vec<Option<&[f32]>> =
-                    (0..k).map(|i| if i == erased { None } else { Some(outputs.get(i).copied().unwrap_or(&zeros)) }).collect();
-                let parities: Vec<Option<&[f32]>> = (0..code.r()).map(|p| (p == *j).then_some(parity)).collect();
-                let mut got = code.recover(&members, &parities)?;
-                got.pop().map(|(_, y)| y).context("the code recovered no member")
-            }
-        }
-    }
 }
 
 /// Counts over every reconstruction of a set of groups.
