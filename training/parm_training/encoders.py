@@ -130,7 +130,7 @@ class Concatenation(Encoder):
     k = 4: each image averaged over 2x2 blocks to H/2 x W/2; X1 X2 on top, X3 X4 below.
     k = 8: each image averaged over 4x2 blocks (4 rows, 2 columns) to H/4 x W/2 (7 x 14 for
     MNIST), tiled in four rows of two: X1 X2 / X3 X4 / X5 X6 / X7 X8. (parm_core's
-    ParityEncoder builds k = 2 and 4 only.)
+    ParityEncoder builds the same three.)
     (Averaging pairs is what bilinear resizing by exactly 1/2 does, and is easy to match.)
     """
 

@@ -3,7 +3,8 @@
 //! - [`ParityEncoder::Addition`]: the element-wise sum (the paper's general encoder).
 //! - [`ParityEncoder::Concatenation`]: for images `[C, H, W]`, each image is down-sampled
 //!   and tiled into one image of the same shape: side by side at k = 2 (each `H × W/2`),
-//!   in a 2×2 grid at k = 4 (each `H/2 × W/2`).
+//!   in a 2×2 grid at k = 4 (each `H/2 × W/2`), in four rows of two at k = 8 (each
+//!   `H/4 × W/2`; 7 × 14 for MNIST).
 //!
 //! A partial group (fewer than k members) is encoded as if the missing members were zero,
 //! so the parity model sees the same distribution of inputs with some slots empty.
@@ -28,7 +29,7 @@ pub enum EncodeError {
     TooMany { members: usize, k: usize },
     #[error("members have different shapes: {0:?} and {1:?}")]
     MixedShapes(Vec<usize>, Vec<usize>),
-    #[error("the concatenation encoder supports k = 2 or 4 and images [C, H, W] with even H and W; got k = {k} and shape {shape:?}")]
+    #[error("the concatenation encoder supports k = 2, 4 or 8 and images [C, H, W] that its tiles divide (H by 1, 2 or 4, W by 2); got k = {k} and shape {shape:?}")]
     Unsupported { k: usize, shape: Vec<usize> },
     #[error(transparent)]
     Tensor(#[from] TensorError),
@@ -47,7 +48,10 @@ impl ParityEncoder {
         match self {
             ParityEncoder::Addition => Ok(()),
             ParityEncoder::Concatenation => {
-                let ok = matches!(k, 2 | 4) && shape.len() == 3 && shape[1].is_multiple_of(2) && shape[2].is_multiple_of(2);
+                let ok = match (tiles(k), shape) {
+                    (Some((rows, cols)), [_, h, w]) => *h > 0 && *w > 0 && h.is_multiple_of(rows) && w.is_multiple_of(cols),
+                    _ => false,
+                };
                 if ok {
                     Ok(())
                 } else {
@@ -88,13 +92,25 @@ fn add(shape: &[usize], members: &[&Tensor]) -> Result<Tensor, EncodeError> {
     Ok(Tensor::new(shape.to_vec(), sum)?)
 }
 
-/// Tiles each member, down-sampled by averaging 1×2 (k = 2) or 2×2 (k = 4) blocks.
+/// The concatenation encoder's grid for k: (rows, columns) of tiles, which is also the
+/// block each image is averaged over (1×2 at k = 2, 2×2 at k = 4, 4×2 at k = 8), so that
+/// k down-sampled images fill exactly one.
+fn tiles(k: usize) -> Option<(usize, usize)> {
+    match k {
+        2 => Some((1, 2)),
+        4 => Some((2, 2)),
+        8 => Some((4, 2)),
+        _ => None,
+    }
+}
+
+/// Tiles each member, down-sampled by averaging blocks of the grid's shape ([`tiles`]).
 /// Callers have checked the shape with [`ParityEncoder::validate`]; `get` keeps even a
 /// wrong one from panicking.
 fn concatenate(k: usize, members: &[&Tensor]) -> Result<Tensor, EncodeError> {
     let shape = members.first().ok_or(EncodeError::Empty)?.shape().to_vec();
     let [c, h, w] = shape[..] else { return Err(EncodeError::Unsupported { k, shape }) };
-    let (rows, cols) = if k == 2 { (1, 2) } else { (2, 2) };
+    let Some((rows, cols)) = tiles(k) else { return Err(EncodeError::Unsupported { k, shape }) };
     let (th, tw) = (h / rows, w / cols);
     let mut out = vec![0.0f32; c * h * w];
     for (slot, m) in members.iter().enumerate() {
@@ -183,5 +199,21 @@ mod tests {
         let p = ParityEncoder::Concatenation.encode(4, &[&a, &b]).unwrap();
         assert_eq!(p.data(), &[2.5, 8.0, 0.0, 0.0]);
         assert!(ParityEncoder::Concatenation.encode(3, &[&a]).is_err());
+    }
+
+    /// k = 8: 4×2 images, each averaged over its one 4×2 block into one pixel, tiled in four
+    /// rows of two (X1 X2 / X3 X4 / ...); a missing member's tile stays zero.
+    #[test]
+    fn concatenation_k8_tiles_four_rows_of_two() {
+        let members: Vec<Tensor> = (0..7).map(|i| t(vec![1, 4, 2], (0..8).map(|v| (i * 8 + v) as f32).collect())).collect();
+        let refs: Vec<&Tensor> = members.iter().collect();
+        let p = ParityEncoder::Concatenation.encode(8, &refs).unwrap();
+        assert_eq!(p.shape(), &[1, 4, 2]);
+        // member i's values are 8i..8i+7, whose mean is 8i + 3.5
+        assert_eq!(p.data(), &[3.5, 11.5, 19.5, 27.5, 35.5, 43.5, 51.5, 0.0]);
+        // 28 × 28 (MNIST) is tiled by 7 × 14 images; a height not divisible by 4 is refused.
+        assert!(ParityEncoder::Concatenation.validate(8, &[1, 28, 28]).is_ok());
+        assert!(ParityEncoder::Concatenation.validate(8, &[1, 30, 28]).is_err());
+        assert!(ParityEncoder::Concatenation.validate(6, &[1, 28, 28]).is_err());
     }
 }
