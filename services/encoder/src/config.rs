@@ -70,14 +70,7 @@ impl EncoderArgs {
         if m.role != "parity" {
             anyhow::bail!("{} is a {} model; --parity-model needs a parity model (role \"parity\" in its manifest)", m.name, m.role);
         }
-        if m.parity_index() > 0 {
-            anyhow::bail!(
-                "{} is parity {} of a code with {} parities per group, which parm does not serve yet (one parity per group): use a plain parity model (no parity_index in its manifest)",
-                m.name,
-                m.parity_index(),
-                m.parities.unwrap_or(0)
-            );
-        }
+        m.check_served()?;
         let k = m.k.ok_or_else(|| anyhow::anyhow!("parity model {} has no k in its manifest", m.name))?;
         if !(1..=8).contains(&k) {
             anyhow::bail!("parity model {} has k = {k}; parm supports k from 1 to 8", m.name);

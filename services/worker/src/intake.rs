@@ -34,6 +34,7 @@ impl Expect {
     /// encoder reads it).
     pub fn for_model(role: Role, model: &Model, output_topic: &str, output_partitions: i32) -> anyhow::Result<Self> {
         let m = &model.manifest;
+        m.check_served()?;
         Ok(Self {
             role,
             model: m.name.clone(),
@@ -129,4 +130,29 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
         .expect_shape(&expect.input_shape)
         .map_err(|e| (Some(item.key.clone()), format!("wrong tensor shape for model {}: {e}", expect.model)))?;
     Ok(item)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parm_common::model::resolve;
+
+    fn expect_for(name: &str) -> anyhow::Result<Expect> {
+        let model = Model::load(&resolve(name))?;
+        Expect::for_model(Role::Parity, &model, "t.parity-predictions", 1)
+    }
+
+    #[test]
+    fn a_parity_worker_takes_its_code_from_the_manifest() {
+        let e = expect_for("mnist-lenet-parity-concat-k8").unwrap();
+        assert_eq!((e.k, e.encoder), (Some(8), ParityEncoder::Concatenation));
+    }
+
+    /// Parity 1 of an r = 2 code is not served yet: the worker refuses it at start instead
+    /// of refusing every parity query the encoder sends (built as parity 0).
+    #[test]
+    fn a_second_parity_of_a_multi_parity_code_is_refused_at_start() {
+        let msg = format!("{:#}", expect_for("mnist-lenet-parity-add-k2-r2-p1").unwrap_err());
+        assert!(msg.contains("parity 1 of a code with 2 parities") && msg.contains("does not serve"), "{msg}");
+    }
 }
