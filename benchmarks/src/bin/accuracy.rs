@@ -178,8 +178,7 @@ fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u6
     let coding = Coding::of(m, k)?;
     let (mut full, mut partial, mut per_grouping) = (Counts::default(), Counts::default(), Vec::new());
     for s in seed..seed + groupings {
-        let mut order: Vec<usize> = (0..set.data.images.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(s));
+        let order = grouping_order(set.data.images.len(), s);
         let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
         let one = decode_groups(fp, &coding, k, &groups, set, base_logits)?;
         per_grouping.push(one.correct as f64 / one.total as f64);
@@ -190,6 +189,15 @@ fn evaluate_parity(fp: &Model, set: &TestSet, base_logits: &[Vec<f32>], seed: u6
         }
     }
     Ok((full, partial, per_grouping))
+}
+
+/// The test set's examples in the order of grouping `seed`: cut into chunks of k, they
+/// are that grouping's coding groups. One function, so the per-model rows and the code
+/// rows decode the very same groups.
+fn grouping_order(n: usize, seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed));
+    order
 }
 
 /// Encodes each group (zero-padded to k when shorter), runs Fp, and decodes every member
@@ -393,8 +401,7 @@ fn measure_code(members: &[&ParityManifest], f: &Model, set: &TestSet, logits: &
     let mut patterns: Vec<parm_benchmarks::accuracy_code::PatternResult> = Vec::new();
     let mut groups_total = 0;
     for s in args.seed..args.seed + args.groupings {
-        let mut order: Vec<usize> = (0..set.data.images.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(s));
+        let order = grouping_order(set.data.images.len(), s);
         let groups: Vec<&[usize]> = order.chunks_exact(k).collect();
         groups_total += groups.len();
         let inputs = encode_groups(&code, &groups, &set.data.images)?;
