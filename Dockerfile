@@ -13,6 +13,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY services ./services
 # Every workspace member's manifest must be there for the workspace to load.
 COPY benchmarks ./benchmarks
+# librdkafka, patched (third_party/rdkafka-sys/PARM-PATCH.md; Cargo.toml's [patch]).
+COPY third_party ./third_party
 # The Avro schemas are compiled in (include_str!).
 COPY schemas ./schemas
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
