@@ -20,8 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
-MODE_ORDER = ["none", "equal", "hedge", "parm", "parm-eager"]
+MODE_ORDER = ["floor", "none", "equal", "hedge", "parm", "parm-eager"]
 STYLE = {
+    "floor": dict(color="#9467bd", ls=(0, (1, 3))),
     "none": dict(color="#7f7f7f", ls=":"),
     "equal": dict(color="#1f77b4", ls="--"),
     "hedge": dict(color="#ff7f0e", ls="-."),

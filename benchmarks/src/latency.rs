@@ -10,12 +10,18 @@
 //! (`--delay-fixed-ms`, `--delay-exp-ms`), and the slowdown episodes are the worker's
 //! seeded delay model (`--slow-episode-*`); see `services/worker/src/delay.rs`.
 
+mod backlog;
+mod cpu;
 mod deployment;
 
+pub use backlog::BacklogTrend;
+pub use cpu::{local_broker_pid, ProcessCpu};
 pub use deployment::topology;
 
 use crate::scenario::{Contention, KafkaVariant, Mode, RunSpec, Scenario, Service};
 use anyhow::Context;
+use backlog::Backlog;
+use cpu::CpuMeter;
 use deployment::{deployment_spec, Plan};
 use hdrhistogram::Histogram;
 use parm::client::{run_schedule, Client, Hedge, HedgeDelay, Load};
@@ -35,7 +41,15 @@ pub struct Env<'a> {
     pub brokers: &'a str,
     pub log_dir: PathBuf,
     pub data: &'a Mnist,
+    /// The local broker's process, whose CPU is measured with the services'.
+    pub broker_pid: Option<u32>,
 }
+
+/// The p99 (ms) at or under which a rate counts as sustained.
+pub const SUSTAINED_P99_MS: f64 = 100.0;
+/// The most the backlog may grow over a run, as arrival time (ms), for its rate to count
+/// as sustained: a pipeline that keeps up holds its backlog steady ([`BacklogTrend`]).
+pub const SUSTAINED_GROWTH_MS: f64 = 50.0;
 
 /// The outcome of one run, as written to its JSON file.
 #[derive(Debug, Serialize)]
@@ -66,6 +80,16 @@ pub struct RunResult {
     pub wall_s: f64,
     /// (latency ms, quantile) points of the latency distribution.
     pub cdf: Vec<(f64, f64)>,
+    /// CPU per process (broker, services, client) while the load ran.
+    pub cpu: Vec<ProcessCpu>,
+    /// The client's backlog over the run, leaving out its first fifth (warm-up).
+    pub backlog: Option<BacklogTrend>,
+    /// (s, queries sent and not answered) while sending.
+    pub backlog_samples: Vec<(f64, f64)>,
+    /// Every query answered by the pipeline's model or parity path (no UNAVAILABLE, none
+    /// missing), p99 at most [`SUSTAINED_P99_MS`] and the backlog steady
+    /// ([`SUSTAINED_GROWTH_MS`]).
+    pub sustained: bool,
 }
 
 /// Busy-loop processes that compete for the CPU for as long as this lives.
@@ -116,13 +140,18 @@ pub async fn run_one(
     let started = Instant::now();
     let load_before = load_average();
     let plan = Plan::new(scn, spec)?;
-    let workload = Workload::new(scn.queries, env.data);
-    let run = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
+    let workload = Workload::new(scn.queries_at(spec.rate), env.data);
+    let (run, cpu, backlog) = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
 
     write_query_log(&env.log_dir.join(spec.label()).join("queries.csv"), &run)?;
     let measured = measured_schedule(&run, scn.warmup);
     let (mut report, hist) = Report::with_histogram(&measured, &run.received, &workload.labels);
     report.hedges = run.hedges;
+    let trend = backlog.trend(spec.rate, 0.2);
+    let sustained = report.missing == 0
+        && report.unavailable == 0
+        && report.p99_ms <= SUSTAINED_P99_MS
+        && trend.is_some_and(|t| t.growth_ms <= SUSTAINED_GROWTH_MS);
     Ok(RunResult {
         scenario: scn.name.clone(),
         label: spec.label(),
@@ -144,6 +173,10 @@ pub async fn run_one(
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         wall_s: started.elapsed().as_secs_f64(),
         cdf: cdf_points(&hist),
+        cpu,
+        backlog: trend,
+        backlog_samples: backlog.samples().to_vec(),
+        sustained,
     })
 }
 
@@ -164,27 +197,38 @@ impl Workload {
 }
 
 /// Deploys the plan on fresh topics, waits until it is ready, sends the load under the
-/// run's contention, and takes everything down again; returns what the client saw.
+/// run's contention, and takes everything down again; returns what the client saw, the
+/// CPU each process used meanwhile and the client's backlog.
 async fn run_deployed(
     scn: &Scenario,
     spec: &RunSpec,
     env: &Env<'_>,
     plan: &Plan,
     queries: &[(String, parm_core::Tensor)],
-    progress: impl FnMut(usize, usize, usize),
-) -> anyhow::Result<parm::client::Run> {
+    mut progress: impl FnMut(usize, usize, usize),
+) -> anyhow::Result<(parm::client::Run, Vec<ProcessCpu>, Backlog)> {
     let topics = create_run_topics(scn, spec, env, plan).await?;
     let d = deployment_spec(scn, spec, env, plan, &topics.kafka.topic_prefix);
     let mut deployment = Deployment::start(env.parm_exe, d)?;
     tokio::task::block_in_place(|| deployment.wait_until_ready(Duration::from_secs(120)))?;
     let hogs = CpuHogs::start(spec.contention.cpu_hogs, spec.contention.cpu_hog_nice)?;
     let client = Client::connect(&topics.kafka)?;
-    let run = run_schedule(&client, queries, &load(scn, spec), progress).await?;
+    let mut processes = deployment.pids();
+    processes.extend(env.broker_pid.map(|pid| ("broker".to_string(), pid)));
+    processes.push(("client".into(), std::process::id()));
+    let meter = CpuMeter::start(processes);
+    let mut backlog = Backlog::new(Duration::from_millis(500));
+    let run = run_schedule(&client, queries, &load(scn, spec), |sent, answered, total| {
+        backlog.note(sent, answered, total);
+        progress(sent, answered, total)
+    })
+    .await?;
+    let cpu = meter.stop(queries.len());
     deployment.check_alive()?;
     drop(hogs);
     tokio::task::block_in_place(|| deployment.stop());
     drop(topics);
-    Ok(run)
+    Ok((run, cpu, backlog))
 }
 
 /// Creates the run's topics under a fresh prefix, a model (parity) partition per model

@@ -10,7 +10,8 @@
 //!   erasure pattern of a code with r parities per group.
 //! - [`scenario`]: scenario files of the latency benchmark and their runs.
 //! - [`latency`]: one run: a mode's topology as `parm` processes, contention, the load.
-//! - `src/bin/bench.rs`: the latency benchmark driver (results and summaries).
+//! - `src/bin/bench.rs`: the latency benchmark driver (results and summaries);
+//!   [`throughput_report`]: the sustained rates and CPU per query of a rate sweep.
 //! - [`fault_scenario`], [`fault_run`], [`fault_report`] and `src/bin/faults.rs`: the fault
 //!   benchmark (a fault schedule against a live, salted stream; also the memory soak).
 
@@ -21,3 +22,4 @@ pub mod fault_run;
 pub mod fault_scenario;
 pub mod latency;
 pub mod scenario;
+pub mod throughput_report;

@@ -19,6 +19,10 @@ pub struct Scenario {
     /// Queries per run (MNIST test images, cycled).
     #[serde(default = "default_queries")]
     pub queries: usize,
+    /// Seconds of load per run instead of a number of queries: each run sends rate x
+    /// duration queries (the throughput benchmark's steps).
+    #[serde(default)]
+    pub duration_s: Option<f64>,
     /// The first queries of a run whose latency is not counted (connections, caches).
     #[serde(default = "default_warmup")]
     pub warmup: usize,
@@ -60,6 +64,9 @@ pub enum Mode {
     Parm,
     /// The same with the paper's policy: reconstruct as soon as possible.
     ParmEager,
+    /// `none`'s deployment with inference replaced by a copy of the input (the workers'
+    /// `--pass-through`): the same records and Kafka hops, the plumbing's own limit.
+    Floor,
 }
 
 impl Mode {
@@ -70,7 +77,14 @@ impl Mode {
             Mode::Hedge => "hedge",
             Mode::Parm => "parm",
             Mode::ParmEager => "parm-eager",
+            Mode::Floor => "floor",
         }
+    }
+
+    /// Whether the mode's deployment depends on k (`none` and `floor` do not: they are
+    /// run once, at a scenario's first k).
+    pub fn uses_k(self) -> bool {
+        !matches!(self, Mode::None | Mode::Floor)
     }
 
     pub fn has_parity(self) -> bool {
@@ -239,8 +253,11 @@ impl Scenario {
         if self.rates.is_empty() || self.rates.iter().any(|r| *r <= 0.0) {
             bail!("scenario {}: rates must be a non-empty list of positive numbers", self.name);
         }
-        if self.queries <= self.warmup {
-            bail!("scenario {}: queries ({}) must exceed warmup ({})", self.name, self.queries, self.warmup);
+        if let Some(d) = self.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
+            bail!("scenario {}: duration_s must be a positive number of seconds (got {d})", self.name);
+        }
+        if let Some(r) = self.rates.iter().copied().find(|r| self.queries_at(*r) <= self.warmup) {
+            bail!("scenario {}: {} queries at {r} q/s do not exceed warmup ({})", self.name, self.queries_at(r), self.warmup);
         }
         if let Some(k) = self.ks.iter().find(|k| **k < 1 || **k > self.model_workers) {
             bail!("scenario {}: k = {k} needs 1 <= k <= model_workers ({})", self.name, self.model_workers);
@@ -263,9 +280,9 @@ impl Scenario {
         let mut out = Vec::new();
         for kafka in &variants {
             for contention in &levels {
-                for &k in &self.ks {
+                for (ki, &k) in self.ks.iter().enumerate() {
                     for &rate in &self.rates {
-                        for &mode in &self.modes {
+                        for &mode in self.modes.iter().filter(|m| ki == 0 || m.uses_k()) {
                             out.push(RunSpec { mode, k, rate, contention: contention.clone(), kafka: kafka.clone() });
                         }
                     }
@@ -273,6 +290,14 @@ impl Scenario {
             }
         }
         out
+    }
+
+    /// Queries in a run at `rate`: `queries`, or rate x `duration_s` where that is set.
+    pub fn queries_at(&self, rate: f64) -> usize {
+        match self.duration_s {
+            Some(d) => (rate * d).round() as usize,
+            None => self.queries,
+        }
     }
 
     /// The parity model's name for `k`.
@@ -301,6 +326,15 @@ mod tests {
     }
 
     #[test]
+    fn a_duration_sets_the_queries_per_rate() {
+        let s: Scenario = toml::from_str("rates = [100, 2500]\nduration_s = 30\nwarmup = 500").unwrap();
+        assert_eq!((s.queries_at(100.0), s.queries_at(2500.0)), (3000, 75000));
+        s.check().unwrap();
+        let short: Scenario = toml::from_str("rates = [10]\nduration_s = 30\nwarmup = 500").unwrap();
+        assert!(short.check().is_err(), "300 queries cannot cover a warm-up of 500");
+    }
+
+    #[test]
     fn runs_are_the_product_of_the_sweeps() {
         let s: Scenario = toml::from_str(
             r#"
@@ -316,7 +350,8 @@ mod tests {
         "#,
         )
         .unwrap();
-        assert_eq!(s.runs().len(), 2 * 2 * 2 * 2);
+        // `none` runs at the first k only: its deployment does not depend on k.
+        assert_eq!(s.runs().len(), 2 * 2 * (2 + 1));
         assert!((s.contention[1].expected_concurrent(18) - 3.0).abs() < 1e-9);
         assert_eq!(s.parity_model(3), "mnist-mlp-parity-add-k3");
     }

@@ -16,6 +16,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use parm_benchmarks::latency::{self, Env, RunResult};
 use parm_benchmarks::scenario::{Mode, Scenario};
+use parm_benchmarks::throughput_report;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -36,7 +37,7 @@ struct Args {
     /// The parm binary (default: `parm` next to this binary).
     #[arg(long, env = "PARM_BIN")]
     parm_bin: Option<PathBuf>,
-    /// Override the scenario's queries per run (e.g. a short smoke run).
+    /// Override the scenario's queries per run, and its duration_s (e.g. a short smoke run).
     #[arg(long)]
     queries: Option<usize>,
     /// Override the scenario's rates.
@@ -109,6 +110,7 @@ async fn run_all(args: &Args, brokers: &str) -> anyhow::Result<()> {
         let mut scn = Scenario::load(path)?;
         if let Some(q) = args.queries {
             scn.queries = q;
+            scn.duration_s = None;
             scn.warmup = scn.warmup.min(q / 10);
         }
         if let Some(r) = &args.rates {
@@ -118,16 +120,21 @@ async fn run_all(args: &Args, brokers: &str) -> anyhow::Result<()> {
             let wanted: Vec<Mode> = m.iter().map(|s| toml::Value::String(s.clone()).try_into()).collect::<Result<_, _>>().context("--modes")?;
             scn.modes.retain(|x| wanted.contains(x));
         }
-        run_scenario(&scn, &exe, brokers, &data, &args.out.join(&scn.name), &args.log_dir.join(&scn.name)).await?;
+        let broker_pid = if args.brokers.is_none() { latency::local_broker_pid() } else { None };
+        let env = Env { parm_exe: &exe, brokers, log_dir: args.log_dir.join(&scn.name), data: &data, broker_pid };
+        run_scenario(&scn, &env, &args.out.join(&scn.name)).await?;
     }
     Ok(())
 }
 
-async fn run_scenario(scn: &Scenario, exe: &Path, brokers: &str, data: &parm::mnist::Mnist, out: &Path, logs: &Path) -> anyhow::Result<()> {
+async fn run_scenario(scn: &Scenario, env: &Env<'_>, out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let runs = scn.runs();
-    eprintln!("scenario {}: {} runs of {} queries; results in {}, logs in {}", scn.name, runs.len(), scn.queries, out.display(), logs.display());
-    let env = Env { parm_exe: exe, brokers, log_dir: logs.to_path_buf(), data };
+    let size = match scn.duration_s {
+        Some(d) => format!("{d} s each"),
+        None => format!("{} queries", scn.queries),
+    };
+    eprintln!("scenario {}: {} runs of {size}; results in {}, logs in {}", scn.name, runs.len(), out.display(), env.log_dir.display());
     let mut results: Vec<RunResult> = Vec::new();
     let mut skipped: Vec<(String, String)> = Vec::new();
     for (i, spec) in runs.iter().enumerate() {
@@ -140,7 +147,7 @@ async fn run_scenario(scn: &Scenario, exe: &Path, brokers: &str, data: &parm::mn
         }
         let t0 = Instant::now();
         let mut last = Instant::now() - std::time::Duration::from_secs(1);
-        let r = latency::run_one(scn, spec, &env, |sent, answered, total| {
+        let r = latency::run_one(scn, spec, env, |sent, answered, total| {
             if last.elapsed().as_millis() >= 250 || answered == total {
                 last = Instant::now();
                 eprint!("\r{tag}: sent {sent}/{total}, answered {answered}, {:.0} s   ", t0.elapsed().as_secs_f64());
@@ -151,8 +158,11 @@ async fn run_scenario(scn: &Scenario, exe: &Path, brokers: &str, data: &parm::mn
         .with_context(|| format!("run {}", spec.label()))?;
         let rep = &r.report;
         eprintln!(
-            "\r{tag}: p50 {:.1} p99 {:.1} p99.9 {:.1} ms; model {} recon {} unavail {} missing {}; hedges {}; load {:.1}   ",
-            rep.p50_ms, rep.p99_ms, rep.p999_ms, rep.model, rep.reconstructed, rep.unavailable, rep.missing, rep.hedges, r.load_after
+            "\r{tag}: p50 {:.1} p99 {:.1} p99.9 {:.1} ms; model {} recon {} unavail {} missing {}; hedges {}; backlog growth {}; CPU {:.0} us/query; load {:.1}   ",
+            rep.p50_ms, rep.p99_ms, rep.p999_ms, rep.model, rep.reconstructed, rep.unavailable, rep.missing, rep.hedges,
+            r.backlog.map_or("-".into(), |b| format!("{:.0} ms", b.growth_ms)),
+            r.cpu.iter().map(|c| c.per_query_us).sum::<f64>(),
+            r.load_after
         );
         std::fs::write(out.join(format!("{}.json", r.label)), serde_json::to_string_pretty(&r)?)?;
         results.push(r);
@@ -169,12 +179,13 @@ fn write_summary(scn: &Scenario, results: &[RunResult], skipped: &[(String, Stri
         "description": scn.description,
         "runs": results,
         "skipped": skipped,
+        "sustained": throughput_report::sustained(results),
     }))?)?;
     let mut md = format!("# Latency: scenario `{}`\n\n{}\n\n", scn.name, scn.description.trim());
     let svc = &scn.service;
     md += &format!(
-        "N = {} model workers, {} queries per run ({} warm-up not counted), batch {}; service time = real inference ({}) + synthetic {} ms fixed + Exp({} ms) per batch (slept: the synthetic part). Deadline {} ms, hard deadline {} ms, linger {} ms. Hedge: {} after send, at most 1/k extra. Workers skip work already answered: {}. parm routes by health: {}.\n\n",
-        scn.model_workers, scn.queries, scn.warmup, svc.max_batch, svc.model, svc.synthetic_ms, svc.synthetic_exp_ms, svc.deadline_ms, svc.hard_deadline_ms, svc.linger_ms,
+        "N = {} model workers, {} per run ({} warm-up queries not counted), batch {}; service time = real inference ({}) + synthetic {} ms fixed + Exp({} ms) per batch (slept: the synthetic part). Deadline {} ms, hard deadline {} ms, linger {} ms. Hedge: {} after send, at most 1/k extra. Workers skip work already answered: {}. parm routes by health: {}.\n\n",
+        scn.model_workers, scn.duration_s.map_or(format!("{} queries", scn.queries), |d| format!("{d} s of load")), scn.warmup, svc.max_batch, svc.model, svc.synthetic_ms, svc.synthetic_exp_ms, svc.deadline_ms, svc.hard_deadline_ms, svc.linger_ms,
         svc.hedge_after_ms.map_or(format!("observed p{}", svc.hedge_quantile * 100.0), |ms| format!("{ms} ms")),
         if svc.skip_answered { "yes" } else { "no" },
         if svc.route_by_health { format!("yes (slow after {} ms)", svc.slow_after_ms()) } else { "no".into() },
@@ -195,6 +206,10 @@ fn write_summary(scn: &Scenario, results: &[RunResult], skipped: &[(String, Stri
     for (label, why) in skipped {
         md += &format!("\nskipped {label}: {why}\n");
     }
+    if scn.rates.len() > 1 {
+        md += &format!("\n{}", throughput_report::sustained_markdown(&throughput_report::sustained(results)));
+    }
+    md += &format!("\n{}", throughput_report::cpu_markdown(results));
     std::fs::write(out.join("summary.md"), md)?;
     Ok(())
 }

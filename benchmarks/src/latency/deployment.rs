@@ -11,7 +11,7 @@ use parm_common::model::resolve;
 pub fn topology(mode: Mode, n: usize, k: usize) -> (usize, usize) {
     let extra = (n / k).max(1);
     match mode {
-        Mode::None => (n, 0),
+        Mode::None | Mode::Floor => (n, 0),
         Mode::Equal | Mode::Hedge => (n + extra, 0),
         Mode::Parm | Mode::ParmEager => (n, extra),
     }
@@ -90,7 +90,8 @@ fn encoder_args(svc: &Service, mode: Mode, encoder_plan: &str) -> Vec<String> {
 }
 
 /// A model or parity worker's flags for `model`: batching, the synthetic service time,
-/// skipping answered work, and health reports where the encoder routes by them.
+/// skipping answered work, health reports where the encoder routes by them, and copying
+/// instead of inference for the floor.
 fn worker_args(svc: &Service, mode: Mode, model: &str) -> Vec<String> {
     let mut args = flags([
         ("--model", model.to_string()),
@@ -101,6 +102,9 @@ fn worker_args(svc: &Service, mode: Mode, model: &str) -> Vec<String> {
     ]);
     if svc.skip_answered {
         args.push("--skip-answered".into());
+    }
+    if mode == Mode::Floor {
+        args.push("--pass-through".into());
     }
     if mode.has_parity() && svc.route_by_health {
         args.extend(["--report-health".to_string(), "--slow-after-ms".to_string(), svc.slow_after_ms().to_string()]);

@@ -57,6 +57,11 @@ pub struct WorkerArgs {
     /// set it to a few times the model's usual batch time.
     #[arg(long, env = "PARM_SLOW_AFTER_MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
     pub slow_after_ms: u64,
+    /// Benchmarks only: answer each query with a copy of the first values of its input
+    /// instead of running the model (the pass-through floor of `benchmarks/figure
+    /// throughput`: the same records and Kafka hops, no inference). The answers are wrong.
+    #[arg(long, env = "PARM_PASS_THROUGH")]
+    pub pass_through: bool,
     /// Name of this worker in predictions and logs (default: role-pid).
     #[arg(long, env = "PARM_WORKER_ID")]
     pub worker_id: Option<String>,

@@ -26,3 +26,29 @@ pub fn run_guarded(model: &Model, tensors: &[Tensor]) -> Vec<Result<Vec<f32>, St
         Err(reason) => vec![Err(reason)],
     }
 }
+
+/// The pass-through "inference" of `--pass-through`: each query's answer is the first
+/// `output_size` values of its input (zeros past its end), a copy and nothing more.
+pub fn pass_through(output_size: usize, tensors: &[Tensor]) -> Vec<Result<Vec<f32>, String>> {
+    tensors
+        .iter()
+        .map(|t| {
+            let mut out: Vec<f32> = t.data().iter().take(output_size).copied().collect();
+            out.resize(output_size, 0.0);
+            Ok(out)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_through_copies_the_first_values_and_pads_short_inputs() {
+        let long = Tensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let short = Tensor::new(vec![1], vec![7.0]).unwrap();
+        let out = pass_through(3, &[long, short]);
+        assert_eq!(out, vec![Ok(vec![1.0, 2.0, 3.0]), Ok(vec![7.0, 0.0, 0.0])]);
+    }
+}
