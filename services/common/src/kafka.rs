@@ -289,9 +289,18 @@ pub fn with_header(headers: OwnedHeaders, key: &str, value: &str) -> OwnedHeader
 /// before it returns, so nothing written after that can be missed (a consumer group joining
 /// "from the latest offset" settles its position only after the join, and a service stalled
 /// meanwhile would miss what was written during the stall). `purpose` names its group.
-pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str) -> anyhow::Result<StreamConsumer<ParmContext>> {
+///
+/// With `gather_ms`, the broker holds each fetch up to that long to gather up to 64 KiB:
+/// for a reader that may lag a little, one fetch per `gather_ms` instead of one per record
+/// or two (a worker's reader of every result cost the broker more than the worker's own
+/// input at 2,000 queries/s; benchmarks/README.md, throughput). `--kafka-set` still wins.
+pub async fn tail_reader(args: &KafkaArgs, topic: &str, purpose: &str, gather_ms: Option<u32>) -> anyhow::Result<StreamConsumer<ParmContext>> {
     let partitions = partition_count(args, topic).await?;
     let mut kafka = args.clone();
+    if let Some(ms) = gather_ms {
+        let gather = [("fetch.wait.max.ms".to_string(), ms.to_string()), ("fetch.min.bytes".to_string(), "65536".to_string())];
+        kafka.kafka_set.splice(0..0, gather);
+    }
     kafka.kafka_set.push(("enable.auto.commit".into(), "false".into()));
     kafka.instance_id = None; // assigned by hand: not a group member
     let group = format!("{}-{purpose}-{}", kafka.topic_prefix, std::process::id());

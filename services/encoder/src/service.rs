@@ -107,7 +107,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
     consumer.subscribe(&[&topics.queries])?;
     let mut rejoin = kafka::Rejoin::new(&args.group_name(), &[&topics.queries]);
     let health_reader = if args.route_by_health {
-        let reader = kafka::tail_reader(&args.common.kafka, &topics.health, "health")
+        let reader = kafka::tail_reader(&args.common.kafka, &topics.health, "health", None)
             .await
             .with_context(|| format!("--route-by-health reads {}; create it with parm topics create", topics.health))?;
         Some(reader)

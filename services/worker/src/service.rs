@@ -41,6 +41,11 @@ struct Item {
     cx: Context,
 }
 
+/// How long the broker may gather results for a worker's `--skip-answered` reader: it
+/// learns of answers up to this much later, and skips a little less, for a fraction of
+/// the fetches ([`kafka::tail_reader`]).
+const ANSWERED_GATHER_MS: u32 = 20;
+
 /// One worker session's state: its role and model, the records not yet acknowledged, the
 /// injected delay, what is known answered (`--skip-answered`) and (exactly once) its
 /// transaction.
@@ -102,7 +107,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
     let (mut consumer, rebalances) = args.common.kafka.service_consumer(&group, delivery.delivery)?;
     consumer.subscribe(&[&input_topic])?;
     let mut rejoin = kafka::Rejoin::new(&group, &[&input_topic]);
-    let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered").await?, Answered::new(60_000))) } else { None };
+    let answered = if args.skip_answered { Some((kafka::tail_reader(&args.common.kafka, &topics.results, "answered", Some(ANSWERED_GATHER_MS)).await?, Answered::new(60_000))) } else { None };
     let health = if args.report_health {
         kafka::service_partition_count(&args.common.kafka, &topics.health)
             .await
