@@ -13,15 +13,20 @@
 mod backlog;
 mod cpu;
 mod deployment;
+mod memory;
+mod phases;
 
 pub use backlog::BacklogTrend;
 pub use cpu::{local_broker_pid, ProcessCpu};
 pub use deployment::topology;
+pub use memory::ProcessMemory;
+pub use phases::{OverloadReport, PhaseReport, RECOVERED_FACTOR};
 
 use crate::scenario::{Contention, KafkaVariant, Mode, RunSpec, Scenario, Service};
 use anyhow::Context;
 use backlog::Backlog;
 use cpu::CpuMeter;
+use memory::MemorySampler;
 use deployment::{deployment_spec, Plan};
 use hdrhistogram::Histogram;
 use parm::client::{run_schedule, Client, Hedge, HedgeDelay, Load};
@@ -86,6 +91,10 @@ pub struct RunResult {
     pub backlog: Option<BacklogTrend>,
     /// (s, queries sent and not answered) while sending.
     pub backlog_samples: Vec<(f64, f64)>,
+    /// Resident memory per process over the run (sampled once a second).
+    pub memory: Vec<ProcessMemory>,
+    /// A run with rate steps (`steps`): each step, and the recovery after the overload.
+    pub overload: Option<OverloadReport>,
     /// Every query answered by the pipeline's model or parity path (no UNAVAILABLE, none
     /// missing), p99 at most [`SUSTAINED_P99_MS`] and the backlog steady
     /// ([`SUSTAINED_GROWTH_MS`]).
@@ -141,7 +150,9 @@ pub async fn run_one(
     let load_before = load_average();
     let plan = Plan::new(scn, spec)?;
     let workload = Workload::new(scn.queries_at(spec.rate), env.data);
-    let (run, cpu, backlog) = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
+    let (run, cpu, backlog, memory) = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
+    let steps: Vec<(f64, f64)> = scn.steps.iter().map(|s| (s.factor, s.seconds)).collect();
+    let overload = phases::overload_report(&run, &steps, scn.warmup, scn.service.hard_deadline_ms as f64);
 
     write_query_log(&env.log_dir.join(spec.label()).join("queries.csv"), &run)?;
     let measured = measured_schedule(&run, scn.warmup);
@@ -176,6 +187,8 @@ pub async fn run_one(
         cpu,
         backlog: trend,
         backlog_samples: backlog.samples().to_vec(),
+        memory,
+        overload,
         sustained,
     })
 }
@@ -198,7 +211,7 @@ impl Workload {
 
 /// Deploys the plan on fresh topics, waits until it is ready, sends the load under the
 /// run's contention, and takes everything down again; returns what the client saw, the
-/// CPU each process used meanwhile and the client's backlog.
+/// CPU each process used meanwhile, the client's backlog and the processes' memory.
 async fn run_deployed(
     scn: &Scenario,
     spec: &RunSpec,
@@ -206,7 +219,7 @@ async fn run_deployed(
     plan: &Plan,
     queries: &[(String, parm_core::Tensor)],
     mut progress: impl FnMut(usize, usize, usize),
-) -> anyhow::Result<(parm::client::Run, Vec<ProcessCpu>, Backlog)> {
+) -> anyhow::Result<(parm::client::Run, Vec<ProcessCpu>, Backlog, Vec<ProcessMemory>)> {
     let topics = create_run_topics(scn, spec, env, plan).await?;
     let d = deployment_spec(scn, spec, env, plan, &topics.kafka.topic_prefix);
     let mut deployment = Deployment::start(env.parm_exe, d)?;
@@ -216,10 +229,12 @@ async fn run_deployed(
     let mut processes = deployment.pids();
     processes.extend(env.broker_pid.map(|pid| ("broker".to_string(), pid)));
     processes.push(("client".into(), std::process::id()));
-    let meter = CpuMeter::start(processes);
+    let meter = CpuMeter::start(processes.clone());
+    let mut memory = MemorySampler::new(processes, Duration::from_secs(1));
     let mut backlog = Backlog::new(Duration::from_millis(500));
     let run = run_schedule(&client, queries, &load(scn, spec), |sent, answered, total| {
         backlog.note(sent, answered, total);
+        memory.sample();
         progress(sent, answered, total)
     })
     .await?;
@@ -228,7 +243,7 @@ async fn run_deployed(
     drop(hogs);
     tokio::task::block_in_place(|| deployment.stop());
     drop(topics);
-    Ok((run, cpu, backlog))
+    Ok((run, cpu, backlog, memory.report()))
 }
 
 /// Creates the run's topics under a fresh prefix, a model (parity) partition per model
@@ -260,6 +275,7 @@ fn kafka_settings(kafka: &KafkaVariant) -> anyhow::Result<Vec<(String, String)>>
 fn load(scn: &Scenario, spec: &RunSpec) -> Load {
     let svc = &scn.service;
     let mut load = Load::poisson(spec.rate);
+    load.steps = scn.steps.iter().map(|s| (s.factor, s.seconds)).collect();
     load.seed = scn.seed;
     load.result_timeout = Duration::from_millis(svc.hard_deadline_ms + 3000);
     if spec.mode == Mode::Hedge {

@@ -23,6 +23,10 @@ pub struct Scenario {
     /// duration queries (the throughput benchmark's steps).
     #[serde(default)]
     pub duration_s: Option<f64>,
+    /// The rate over a run, in steps relative to the run's rate (an overload run); each run
+    /// then sends the queries its steps add up to.
+    #[serde(default)]
+    pub steps: Vec<RateStep>,
     /// The first queries of a run whose latency is not counted (connections, caches).
     #[serde(default = "default_warmup")]
     pub warmup: usize,
@@ -47,6 +51,14 @@ pub struct Scenario {
     /// given: the services' defaults.
     #[serde(default)]
     pub kafka: Vec<KafkaVariant>,
+}
+
+/// A step of a run's rate: `factor` times the run's rate for `seconds`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateStep {
+    pub factor: f64,
+    pub seconds: f64,
 }
 
 /// A deployment's way of answering.
@@ -256,6 +268,9 @@ impl Scenario {
         if let Some(d) = self.duration_s.filter(|d| !(d.is_finite() && *d > 0.0)) {
             bail!("scenario {}: duration_s must be a positive number of seconds (got {d})", self.name);
         }
+        if self.steps.iter().any(|s| !(s.factor.is_finite() && s.factor > 0.0 && s.seconds.is_finite() && s.seconds > 0.0)) {
+            bail!("scenario {}: every step needs a positive factor and positive seconds", self.name);
+        }
         if let Some(r) = self.rates.iter().copied().find(|r| self.queries_at(*r) <= self.warmup) {
             bail!("scenario {}: {} queries at {r} q/s do not exceed warmup ({})", self.name, self.queries_at(r), self.warmup);
         }
@@ -292,8 +307,12 @@ impl Scenario {
         out
     }
 
-    /// Queries in a run at `rate`: `queries`, or rate x `duration_s` where that is set.
+    /// Queries in a run at `rate`: what its steps add up to, else rate x `duration_s`
+    /// where that is set, else `queries`.
     pub fn queries_at(&self, rate: f64) -> usize {
+        if !self.steps.is_empty() {
+            return self.steps.iter().map(|s| rate * s.factor * s.seconds).sum::<f64>().round() as usize;
+        }
         match self.duration_s {
             Some(d) => (rate * d).round() as usize,
             None => self.queries,
@@ -330,6 +349,8 @@ mod tests {
         let s: Scenario = toml::from_str("rates = [100, 2500]\nduration_s = 30\nwarmup = 500").unwrap();
         assert_eq!((s.queries_at(100.0), s.queries_at(2500.0)), (3000, 75000));
         s.check().unwrap();
+        let stepped: Scenario = toml::from_str("rates = [1000]\nsteps = [{ factor = 1, seconds = 20 }, { factor = 1.5, seconds = 60 }]").unwrap();
+        assert_eq!(stepped.queries_at(1000.0), 20_000 + 90_000);
         let short: Scenario = toml::from_str("rates = [10]\nduration_s = 30\nwarmup = 500").unwrap();
         assert!(short.check().is_err(), "300 queries cannot cover a warm-up of 500");
     }

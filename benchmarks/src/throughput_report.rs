@@ -109,6 +109,38 @@ pub fn cpu_markdown(runs: &[RunResult]) -> String {
     md
 }
 
+/// Markdown: each overload run phase by phase (steps of the rate), its recovery, and the
+/// resident memory of its processes by role (first, largest and last sample, MiB).
+pub fn overload_markdown(runs: &[RunResult]) -> String {
+    let mut md = String::new();
+    for r in runs {
+        let Some(o) = &r.overload else { continue };
+        md += &format!("## Overload: {}\n\n| step | rate (q/s) | from s | to s | queries | p50 ms | p99 ms | UNAVAILABLE | late or missing | answered twice |\n|---|---|---|---|---|---|---|---|---|---|\n", r.label);
+        for (i, p) in o.phases.iter().enumerate() {
+            md += &format!(
+                "| {} | {:.0} | {:.0} | {:.0} | {} | {:.1} | {:.1} | {} | {} | {} |\n",
+                i + 1, r.rate * p.factor, p.from_s, p.to_s, p.queries, p.p50_ms, p.p99_ms, p.unavailable, p.late_or_missing, p.duplicates
+            );
+        }
+        md += &format!(
+            "\nRecovery after the overload (every later 1 s window's p99 within {}x the first step's): {}.\n",
+            crate::latency::RECOVERED_FACTOR,
+            o.recovery_s.map_or("not within the run".into(), |s| format!("{s:.0} s"))
+        );
+        let mut by_role: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+        for m in &r.memory {
+            let e = by_role.entry(role(&m.name)).or_default();
+            (e.0, e.1, e.2) = (e.0 + m.first_mib, e.1 + m.max_mib, e.2 + m.last_mib);
+        }
+        md += "\n| role | resident MiB: first | largest | last |\n|---|---|---|---|\n";
+        for (role, (first, max, last)) in by_role {
+            md += &format!("| {role} | {first:.0} | {max:.0} | {last:.0} |\n");
+        }
+        md += "\n";
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

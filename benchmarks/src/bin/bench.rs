@@ -210,6 +210,7 @@ fn write_summary(scn: &Scenario, results: &[RunResult], skipped: &[(String, Stri
         md += &format!("\n{}", throughput_report::sustained_markdown(&throughput_report::sustained(results)));
     }
     md += &format!("\n{}", throughput_report::cpu_markdown(results));
+    md += &format!("\n{}", throughput_report::overload_markdown(results));
     std::fs::write(out.join("summary.md"), md)?;
     Ok(())
 }

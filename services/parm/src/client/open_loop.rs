@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 pub struct Load {
     /// Queries per second.
     pub rate: f64,
+    /// Steps of the rate over time, in order: (multiple of `rate`, seconds). The last
+    /// multiple holds after the last step; none: `rate` throughout (an overload run: 1 for
+    /// 20 s, 1.5 for 60 s, then 1).
+    pub steps: Vec<(f64, f64)>,
     /// Exponential gaps (a Poisson process); else evenly spaced.
     pub poisson: bool,
     /// Seed of the gaps.
@@ -33,7 +37,19 @@ pub struct Load {
 
 impl Load {
     pub fn poisson(rate: f64) -> Self {
-        Self { rate, poisson: true, seed: 42, deadline_ms: None, result_timeout: Duration::from_secs(5), hedge: None }
+        Self { rate, steps: Vec::new(), poisson: true, seed: 42, deadline_ms: None, result_timeout: Duration::from_secs(5), hedge: None }
+    }
+
+    /// The rate `t` seconds into the run.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let mut end = 0.0;
+        for (factor, seconds) in &self.steps {
+            end += seconds;
+            if t < end {
+                return self.rate * factor;
+            }
+        }
+        self.steps.last().map_or(self.rate, |(factor, _)| self.rate * factor)
     }
 }
 
@@ -103,17 +119,18 @@ struct Schedule {
 
 impl Schedule {
     /// Send times of `count` queries, from 50 ms from now on: exponential gaps (seeded by
-    /// `load.seed`) when `load.poisson`, else `1 / load.rate` apart.
+    /// `load.seed`) when `load.poisson`, else evenly spaced, at the rate of the moment
+    /// ([`Load::rate_at`]).
     fn new(count: usize, load: &Load) -> anyhow::Result<Self> {
         use rand::SeedableRng;
         use rand_distr::{Distribution, Exp};
         let mut rng = rand::rngs::StdRng::seed_from_u64(load.seed);
-        let exp = Exp::new(load.rate.max(1e-9)).context("rate must be positive")?;
         let mut offsets_us = Vec::with_capacity(count);
         let mut t = 0.0f64;
         for _ in 0..count {
             offsets_us.push((t * 1e6) as u64);
-            t += if load.poisson { exp.sample(&mut rng) } else { 1.0 / load.rate };
+            let rate = load.rate_at(t).max(1e-9);
+            t += if load.poisson { Exp::new(rate).context("rate must be positive")?.sample(&mut rng) } else { 1.0 / rate };
         }
         Ok(Self { start_us: now_us() + 50_000, offsets_us })
     }
@@ -282,4 +299,29 @@ impl OpenLoop<'_> {
 /// Waits for a send's acknowledgement on a task of its own, off the send loop.
 fn watch_acknowledgement(f: DeliveryFuture) -> Acknowledgement {
     tokio::spawn(async move { kafka::delivered(f, "the queries topic").await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_follows_its_steps_and_the_last_one_holds() {
+        let mut load = Load::poisson(1000.0);
+        assert_eq!(load.rate_at(12.0), 1000.0);
+        load.steps = vec![(1.0, 20.0), (1.5, 60.0), (0.5, 30.0)];
+        assert_eq!([load.rate_at(0.0), load.rate_at(19.9), load.rate_at(20.0), load.rate_at(79.9), load.rate_at(80.0), load.rate_at(500.0)], [1000.0, 1000.0, 1500.0, 1500.0, 500.0, 500.0]);
+    }
+
+    #[test]
+    fn a_stepped_schedule_sends_each_step_at_its_rate() {
+        let mut load = Load::poisson(1000.0);
+        load.poisson = false;
+        load.steps = vec![(1.0, 2.0), (2.0, 2.0)];
+        let s = Schedule::new(6000, &load).unwrap();
+        let in_window = |from: f64, to: f64| s.offsets_us.iter().filter(|&&o| o as f64 >= from * 1e6 && (o as f64) < to * 1e6).count();
+        // Even gaps summed in floating point can put a send a hair either side of a step.
+        let (first, second) = (in_window(0.0, 2.0), in_window(2.0, 4.0));
+        assert!(first.abs_diff(2000) <= 2 && second.abs_diff(4000) <= 2, "{first} and {second} sends in the two steps");
+    }
 }
