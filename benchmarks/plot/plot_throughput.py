@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Plot of the throughput benchmark (benchmarks/figure throughput): client-observed p50,
-p99 and p99.9 against the offered rate, one line per series (mode and k), from the
-results.json of every folder given; the target p99 of 100 ms is drawn across, and a
-series' last sustained rate is ringed. Writes throughput.png into the first folder.
+"""Plot of the throughput benchmark (benchmarks/figure throughput): client-observed p50
+and p99 against the offered rate, one line per series (mode and k), one panel per set of
+Kafka settings, from the results.json of every folder given; the target p99 of 100 ms is
+drawn across, and a series' highest sustained rate is ringed. Writes throughput.png into
+the first folder.
 """
 import json
 import sys
@@ -15,24 +16,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 COLORS = {"floor": "#9467bd", "none": "#7f7f7f", "parm": "#2ca02c", "parm-eager": "#d62728", "equal": "#1f77b4", "hedge": "#ff7f0e"}
-QUANTILES = [("p50_ms", "p50", ":"), ("p99_ms", "p99", "-"), ("p999_ms", "p99.9", "--")]
+QUANTILES = [("p50_ms", "p50", ":"), ("p99_ms", "p99", "-")]
 
 
 def series(dirs):
+    """{kafka settings: {series name: runs}}"""
     out = {}
     for d in dirs:
         data = json.loads((Path(d) / "results.json").read_text())
         for r in data["runs"]:
             key = f'{r["mode"]} k={r["k"]}' if r["mode"] not in ("none", "floor") else f'{r["mode"]} (N={r["model_workers"]})'
-            out.setdefault(key, []).append(r)
+            out.setdefault(r["kafka"]["name"], {}).setdefault(key, []).append(r)
     return out
 
 
 def main(dirs):
     if not dirs:
         sys.exit("usage: plot_throughput.py RESULTS_DIR... (folders with a results.json)")
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for i, (name, runs) in enumerate(sorted(series(dirs).items())):
+    panels = series(dirs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 5), sharey=True, squeeze=False)
+    for ax, (kafka, by_name) in zip(axes[0], panels.items()):
+        plot_panel(ax, kafka, by_name)
+    fig.tight_layout()
+    name = Path(dirs[0]) / "throughput.png"
+    fig.savefig(name, dpi=110)
+    print(name)
+
+
+def plot_panel(ax, kafka, by_name):
+    for i, (name, runs) in enumerate(sorted(by_name.items())):
         runs.sort(key=lambda r: r["rate"])
         mode = runs[0]["mode"]
         color = COLORS.get(mode, f"C{i}")
@@ -54,13 +66,9 @@ def main(dirs):
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
     ax.set_xlabel("offered rate (queries/s, Poisson, 30 s per step)")
     ax.set_ylabel("client-observed latency (ms, log)")
-    ax.set_title("Throughput: latency against offered rate (ringed: highest sustained rate)", fontsize=10)
+    ax.set_title(f"kafka settings: {kafka} (ringed: highest sustained rate)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    name = Path(dirs[0]) / "throughput.png"
-    fig.savefig(name, dpi=110)
-    print(name)
 
 
 if __name__ == "__main__":

@@ -61,18 +61,20 @@ pub fn sustained_markdown(all: &[Sustained]) -> String {
     for s in all {
         md += &format!("| {} | {} | {} | {} | {} | {} |\n", s.mode.as_str(), s.k, s.contention, s.kafka, show(s.rate), show(s.failed_at));
     }
-    let find = |mode: Mode, like: &Sustained| all.iter().find(|s| s.mode == mode && s.contention == like.contention && s.kafka == like.kafka).and_then(|s| s.rate);
+    let find = |mode: Mode, like: &Sustained| all.iter().find(|s| s.mode == mode && s.contention == like.contention && s.kafka == like.kafka);
     let mut ratios = String::new();
     for p in all.iter().filter(|s| s.mode == Mode::Parm) {
         let Some(parm) = p.rate else { continue };
         for (base, target) in [(Mode::None, 0.85), (Mode::Floor, 0.6)] {
-            if let Some(b) = find(base, p).filter(|b| *b > 0.0) {
-                ratios += &format!("| parm k={} / {} | {:.2} | >= {target} |\n", p.k, base.as_str(), parm / b);
-            }
+            let Some(b) = find(base, p) else { continue };
+            let Some(rate) = b.rate.filter(|r| *r > 0.0) else { continue };
+            // A base that held every rate tried has a limit above them: the ratio is at most this.
+            let bound = if b.failed_at.is_none() { "at most " } else { "" };
+            ratios += &format!("| parm k={} / {} | {} | {} | {bound}{:.2} | >= {target} |\n", p.k, base.as_str(), p.contention, p.kafka, parm / rate);
         }
     }
     if !ratios.is_empty() {
-        md += "\n| ratio of sustained rates | measured | target |\n|---|---|---|\n";
+        md += "\n| ratio of sustained rates | contention | kafka | measured | target |\n|---|---|---|---|---|\n";
         md += &ratios;
     }
     md
