@@ -214,11 +214,24 @@ fn the_smoke_scenario_runs_every_mode_and_writes_its_results() {
         assert_eq!(&own, run, "{label}: its own JSON file and results.json");
     }
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap();
-    let rows: Vec<&str> = summary.lines().filter(|l| l.starts_with("| ") && !l.starts_with("| mode")).collect();
+    // The latency table comes first, before any section; the CPU per query table has a
+    // row per run too.
+    let latency = summary.split("\n## ").next().unwrap_or_default();
+    let (_, cpu) = summary.split_once("## CPU per query").unwrap_or_else(|| panic!("no CPU section:\n{summary}"));
+    let table_rows = |text: &str, header: &str| -> Vec<String> {
+        text.lines().filter(|l| l.starts_with("| ") && !l.starts_with(header)).map(str::to_string).collect()
+    };
+    let rows = table_rows(latency, "| mode");
     assert_eq!(rows.len(), runs.len(), "{summary}");
+    let cpu_rows = table_rows(cpu, "| run");
+    assert_eq!(cpu_rows.len(), runs.len(), "{summary}");
     for run in runs {
         let mode = run["mode"].as_str().unwrap();
         assert!(rows.iter().any(|l| l.starts_with(&format!("| {mode} |"))), "{mode}: no row in the summary:\n{summary}");
+        let label = run["label"].as_str().unwrap();
+        assert!(cpu_rows.iter().any(|l| l.starts_with(&format!("| {label} |"))), "{label}: no CPU row:\n{summary}");
+        let roles: Vec<&str> = run["cpu"].as_array().expect("cpu").iter().map(|c| c["name"].as_str().unwrap()).collect();
+        assert!(roles.contains(&"client") && roles.contains(&"encoder"), "{label}: CPU of {roles:?}");
     }
     let _ = std::fs::remove_dir_all(&scratch);
 }
