@@ -191,6 +191,10 @@ struct Group<M> {
     conflicted: bool,
     /// No parity query was sent for this group: none is waited for.
     no_parity: bool,
+    /// Predictions that came before the manifest but for indexes it does not list (index,
+    /// output, answered on arrival). A replayed manifest that regroups with more members
+    /// claims them, so that a query answered on arrival is not answered again.
+    stray: Vec<(u32, Vec<f32>, bool)>,
 }
 
 impl<M> Group<M> {
@@ -303,7 +307,14 @@ impl<M: Clone> Join<M> {
                 }
                 g.conflicted = true;
                 for m in spec.members.iter().filter(|m| !known.contains(&m.index)) {
-                    g.members.push(Member { spec: m.clone(), output: None, answered: None });
+                    let (output, answered) = match g.stray.iter().position(|s| s.0 == m.index) {
+                        Some(at) => {
+                            let (_, out, on_arrival) = g.stray.swap_remove(at);
+                            (Some(out.clone()), on_arrival.then(|| (Source::Model, top1(&out))))
+                        }
+                        None => (None, None),
+                    };
+                    g.members.push(Member { spec: m.clone(), output, answered });
                 }
                 origins.push(origin);
             }
@@ -315,12 +326,15 @@ impl<M: Clone> Join<M> {
                 if let State::Open(g) = &mut entry.state {
                     g.parity = w.parity.filter(|(n, _)| *n as usize == g.members.len()).map(|(_, out)| out);
                     for (index, out) in w.outputs {
+                        let on_arrival = w.answered.contains(&index);
                         if let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) {
-                            if w.answered.contains(&index) {
+                            if on_arrival {
                                 // Answered on arrival, before the manifest.
                                 m.answered = Some((Source::Model, top1(&out)));
                             }
                             m.output = Some(out);
+                        } else {
+                            g.stray.push((index, out, on_arrival));
                         }
                     }
                 }
@@ -620,7 +634,8 @@ impl<M: Clone> Join<M> {
     fn finish(&mut self, id: &str, until: u64) {
         if let Some(entry) = self.entries.get_mut(id) {
             let answered = match &entry.state {
-                State::Open(g) => g.members.iter().filter(|m| m.answered.is_some()).map(|m| m.spec.index).collect(),
+                // Strays answered on arrival count too: a manifest that lists them later finds them answered.
+                State::Open(g) => g.members.iter().filter(|m| m.answered.is_some()).map(|m| m.spec.index).chain(g.stray.iter().filter(|s| s.2).map(|s| s.0)).collect(),
                 State::Waiting(w) => w.answered.clone(),
                 State::Done { answered, .. } => answered.clone(),
             };
@@ -660,6 +675,7 @@ fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
         parity: None,
         conflicted: false,
         no_parity: !spec.has_parity,
+        stray: Vec::new(),
     }
 }
 

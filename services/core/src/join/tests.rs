@@ -545,3 +545,22 @@ fn a_replayed_manifest_with_a_new_member_of_a_finished_group_answers_it_once() {
         assert_eq!(r.iter().map(|e| (e.query_id.as_str(), e.source)).collect::<Vec<_>>(), vec![("q1", Source::Model)], "prediction first: {prediction_first}");
     }
 }
+
+#[test]
+fn a_prediction_before_a_manifest_that_does_not_list_it_is_claimed_by_a_regrouped_one() {
+    // Found by the decoder's intake property test: q1's prediction came first (answered on
+    // arrival), then a manifest closing {q0} alone, then a replay's manifest listing q1.
+    // The first manifest dropped q1's prediction and the second answered q1 again at its
+    // hard deadline.
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 0), 0);
+    let mut only_q0 = spec(2, 50, 100);
+    only_q0.members.truncate(1);
+    j.on_manifest(only_q0, origin(0, 0), 1);
+    let mut only_q1 = spec(2, 50, 100);
+    only_q1.members.remove(0);
+    j.on_manifest(only_q1, origin(0, 1), 2);
+    j.handle_timeout(200);
+    let answered: Vec<_> = results(&mut j).into_iter().map(|e| (e.query_id, e.source)).collect();
+    assert_eq!(answered, vec![("q1".to_string(), Source::Model), ("q0".to_string(), Source::Unavailable)]);
+}
