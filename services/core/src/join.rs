@@ -191,9 +191,9 @@ struct Group<M> {
     conflicted: bool,
     /// No parity query was sent for this group: none is waited for.
     no_parity: bool,
-    /// Predictions that came before the manifest but for indexes it does not list (index,
-    /// output, answered on arrival). A replayed manifest that regroups with more members
-    /// claims them, so that a query answered on arrival is not answered again.
+    /// Predictions for indexes this grouping does not list, before or after its manifest
+    /// (index, output, answered on arrival). A replayed manifest that regroups with more
+    /// members claims them, so that a query answered on arrival is not answered again.
     stray: Vec<(u32, Vec<f32>, bool)>,
 }
 
@@ -310,7 +310,8 @@ impl<M: Clone> Join<M> {
                     let (output, answered) = match g.stray.iter().position(|s| s.0 == m.index) {
                         Some(at) => {
                             let (_, out, on_arrival) = g.stray.swap_remove(at);
-                            (Some(out.clone()), on_arrival.then(|| (Source::Model, top1(&out))))
+                            let answered = on_arrival.then(|| (Source::Model, top1(&out)));
+                            (Some(out), answered)
                         }
                         None => (None, None),
                     };
@@ -396,7 +397,20 @@ impl<M: Clone> Join<M> {
             }
             State::Open(g) => {
                 let Some(m) = g.members.iter_mut().find(|m| m.spec.index == p.index) else {
-                    self.offsets.observe(origin); // not a member of this group: ignore
+                    // Not a member of this grouping: a query of its own that a regrouping
+                    // manifest may still list (see `Group::stray`). Answered on its own, as
+                    // before a manifest and after the group is done.
+                    if g.stray.iter().any(|s| s.0 == p.index) {
+                        self.offsets.observe(origin); // a duplicate
+                        return;
+                    }
+                    let on_arrival = now < p.hard_deadline_at;
+                    if on_arrival {
+                        self.events.push_back(arrival_result(group_id, &p, now));
+                    }
+                    g.stray.push((p.index, p.output, on_arrival));
+                    entry.origins.push(origin);
+                    self.offsets.hold(origin);
                     return;
                 };
                 if m.output.is_some() {

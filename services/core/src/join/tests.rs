@@ -564,3 +564,22 @@ fn a_prediction_before_a_manifest_that_does_not_list_it_is_claimed_by_a_regroupe
     let answered: Vec<_> = results(&mut j).into_iter().map(|e| (e.query_id, e.source)).collect();
     assert_eq!(answered, vec![("q1".to_string(), Source::Model), ("q0".to_string(), Source::Unavailable)]);
 }
+
+#[test]
+fn a_prediction_after_a_manifest_that_does_not_list_it_is_answered_and_claimed_once() {
+    // The same regrouping with q1's prediction after the first manifest: it was ignored
+    // there, and the regrouped manifest then answered q1 UNAVAILABLE though its real
+    // prediction had come.
+    let mut j = Join::new(config(Policy::Deadline, false));
+    let mut only_q0 = spec(2, 50, 100);
+    only_q0.members.truncate(1);
+    j.on_manifest(only_q0, origin(0, 0), 0);
+    j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 0), 1);
+    j.on_prediction("g", arr(1, vec![0.0, 1.0], 100), origin(1, 1), 2);
+    let mut only_q1 = spec(2, 50, 100);
+    only_q1.members.remove(0);
+    j.on_manifest(only_q1, origin(0, 1), 3);
+    j.handle_timeout(200);
+    let answered: Vec<_> = results(&mut j).into_iter().map(|e| (e.query_id, e.source)).collect();
+    assert_eq!(answered, vec![("q1".to_string(), Source::Model), ("q0".to_string(), Source::Unavailable)]);
+}
