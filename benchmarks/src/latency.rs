@@ -151,11 +151,10 @@ pub async fn run_one(
     let plan = Plan::new(scn, spec)?;
     let workload = Workload::new(scn.queries_at(spec.rate), env.data);
     let (run, cpu, backlog, memory) = run_deployed(scn, spec, env, &plan, &workload.queries, progress).await?;
-    let steps: Vec<(f64, f64)> = scn.steps.iter().map(|s| (s.factor, s.seconds)).collect();
-    let overload = phases::overload_report(&run, &steps, scn.warmup, scn.service.hard_deadline_ms as f64);
 
     write_query_log(&env.log_dir.join(spec.label()).join("queries.csv"), &run)?;
     let measured = measured_schedule(&run, scn.warmup);
+    let overload = phases::overload_report(&run, &measured, &scn.rate_steps(), scn.service.hard_deadline_ms as f64);
     let (mut report, hist) = Report::with_histogram(&measured, &run.received, &workload.labels);
     report.hedges = run.hedges;
     let trend = backlog.trend(spec.rate, 0.2);
@@ -275,7 +274,7 @@ fn kafka_settings(kafka: &KafkaVariant) -> anyhow::Result<Vec<(String, String)>>
 fn load(scn: &Scenario, spec: &RunSpec) -> Load {
     let svc = &scn.service;
     let mut load = Load::poisson(spec.rate);
-    load.steps = scn.steps.iter().map(|s| (s.factor, s.seconds)).collect();
+    load.steps = scn.rate_steps();
     load.seed = scn.seed;
     load.result_timeout = Duration::from_millis(svc.hard_deadline_ms + 3000);
     if spec.mode == Mode::Hedge {

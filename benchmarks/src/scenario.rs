@@ -319,6 +319,11 @@ impl Scenario {
         }
     }
 
+    /// The rate steps as the load generator takes them: (factor, seconds).
+    pub fn rate_steps(&self) -> Vec<(f64, f64)> {
+        self.steps.iter().map(|s| (s.factor, s.seconds)).collect()
+    }
+
     /// The parity model's name for `k`.
     pub fn parity_model(&self, k: usize) -> String {
         self.service.parity_model.replace("{k}", &k.to_string())

@@ -25,14 +25,13 @@ pub struct Sustained {
 pub fn sustained(runs: &[RunResult]) -> Vec<Sustained> {
     let mut series: Vec<(Sustained, Vec<(f64, bool)>)> = Vec::new();
     for r in runs {
-        let key = (r.mode, r.k, r.contention.name.clone(), r.kafka.name.clone());
-        let at = series.iter().position(|(s, _)| (s.mode, s.k, s.contention.clone(), s.kafka.clone()) == key);
-        let i = at.unwrap_or_else(|| {
-            series.push((Sustained { mode: r.mode, k: r.k, contention: key.2.clone(), kafka: key.3.clone(), rate: None, failed_at: None }, Vec::new()));
-            series.len() - 1
-        });
-        if let Some((_, points)) = series.get_mut(i) {
-            points.push((r.rate, r.sustained));
+        let same = |s: &Sustained| s.mode == r.mode && s.k == r.k && s.contention == r.contention.name && s.kafka == r.kafka.name;
+        match series.iter_mut().find(|(s, _)| same(s)) {
+            Some((_, points)) => points.push((r.rate, r.sustained)),
+            None => series.push((
+                Sustained { mode: r.mode, k: r.k, contention: r.contention.name.clone(), kafka: r.kafka.name.clone(), rate: None, failed_at: None },
+                vec![(r.rate, r.sustained)],
+            )),
         }
     }
     series

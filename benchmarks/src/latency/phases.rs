@@ -45,9 +45,10 @@ pub const LATE_SLACK_MS: f64 = 250.0;
 /// the first step's p99.
 pub const RECOVERED_FACTOR: f64 = 1.5;
 
-/// The phases of `run` under `steps` ((factor, seconds), as the load was sent), queries
-/// before `warmup` left out; `None` without steps.
-pub fn overload_report(run: &Run, steps: &[(f64, f64)], warmup: usize, hard_deadline_ms: f64) -> Option<OverloadReport> {
+/// The phases of `run` under `steps` ((factor, seconds), as the load was sent), counting
+/// the `measured` queries (scheduled send µs by id: those past the warm-up); `None`
+/// without steps. Steps are timed from the run's first send, warm-up included.
+pub fn overload_report(run: &Run, measured: &HashMap<String, u64>, steps: &[(f64, f64)], hard_deadline_ms: f64) -> Option<OverloadReport> {
     if steps.is_empty() {
         return None;
     }
@@ -59,10 +60,8 @@ pub fn overload_report(run: &Run, steps: &[(f64, f64)], warmup: usize, hard_dead
         e.2 += 1;
     }
     // (seconds after the start, latency ms if answered, answered UNAVAILABLE, answers)
-    let mut queries: Vec<(f64, Option<f64>, bool, usize)> = run
-        .scheduled_us
+    let mut queries: Vec<(f64, Option<f64>, bool, usize)> = measured
         .iter()
-        .filter(|(id, _)| id.get(1..).and_then(|n| n.parse::<usize>().ok()).is_some_and(|i| i >= warmup))
         .map(|(id, &due)| {
             let at = due.saturating_sub(start) as f64 / 1e6;
             match answers.get(id.as_str()) {
