@@ -57,9 +57,9 @@ fn encoder_group(builder: &mut GroupBuilder<(Query, Tensor)>, inputs: &[Vec<u8>]
                     traceparent: None,
                 });
             }
-            let pq = ParityQuery { group_id: g.id.clone(), members: K as i32, k: K as i32, encoder: "addition".into(), tensor: WireTensor::from_tensor(&parity), decoder_partition: dp, hard_deadline_at_ms: 4, parity_model: String::new() };
+            let pq = ParityQuery { group_id: g.id.clone(), members: K as i32, k: K as i32, encoder: "addition".into(), tensor: WireTensor::from_tensor(&parity), decoder_partition: dp, hard_deadline_at_ms: 4, parity_model: String::new(), parity_index: 0 };
             bytes += encode(&pq).unwrap().len();
-            let m = GroupManifest { group_id: g.id.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true };
+            let m = GroupManifest { group_id: g.id.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true, parities: 1 };
             bytes += encode(&m).unwrap().len();
         }
     }
@@ -81,7 +81,7 @@ fn decoder_inputs(n: usize, with_member_1: bool) -> (Vec<u8>, Vec<Vec<u8>>, Vec<
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
         })
         .collect();
-    let manifest = encode(&GroupManifest { group_id: gid.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true }).unwrap();
+    let manifest = encode(&GroupManifest { group_id: gid.clone(), k: K as i32, encoder: "addition".into(), created_at_ms: 2, members, has_parity: true, parities: 1 }).unwrap();
     let preds = (0..K)
         .filter(|j| with_member_1 || *j != 1)
         .map(|j| {
@@ -103,7 +103,7 @@ fn decoder_inputs(n: usize, with_member_1: bool) -> (Vec<u8>, Vec<Vec<u8>>, Vec<
             .unwrap()
         })
         .collect();
-    let parity = encode(&ParityPrediction { group_id: gid, members: K as i32, output: vec![0.3; 10], worker: "p".into(), batch_size: 1, inference_us: 50, finished_at_ms: 3, hard_deadline_at_ms: 2_000 }).unwrap();
+    let parity = encode(&ParityPrediction { group_id: gid, members: K as i32, output: vec![0.3; 10], worker: "p".into(), batch_size: 1, inference_us: 50, finished_at_ms: 3, hard_deadline_at_ms: 2_000, parity_index: 0 }).unwrap();
     (manifest, preds, parity)
 }
 
@@ -116,6 +116,8 @@ fn decoder_group(join: &mut Join<(i64, i64)>, manifest: &[u8], preds: &[Vec<u8>]
         group_id: m.group_id.clone(),
         members: m.members.iter().map(|g| MemberSpec { query_id: g.query_id.clone(), index: g.index as u32, model_partition: g.model_partition, deadline_at: g.deadline_at_ms as u64, hard_deadline_at: g.hard_deadline_at_ms as u64, meta: (g.sent_at_ms, g.received_at_ms) }).collect(),
         has_parity: m.has_parity,
+        k: m.k as u32,
+        parities: m.parities as u32,
     };
     join.on_manifest(spec, Origin { topic: 0, partition: 0, offset: seq }, 10);
     for (i, raw) in preds.iter().enumerate() {
@@ -132,7 +134,7 @@ fn decoder_group(join: &mut Join<(i64, i64)>, manifest: &[u8], preds: &[Vec<u8>]
         join.on_prediction(&p.group_id, arrival, Origin { topic: 1, partition: 0, offset: seq * 2 + i as i64 }, 11);
     }
     let pp: ParityPrediction = decode(parity).unwrap();
-    join.on_parity(&pp.group_id, pp.members as u32, pp.output, pp.hard_deadline_at_ms as u64, Origin { topic: 2, partition: 0, offset: seq }, 12);
+    join.on_parity(&pp.group_id, pp.parity_index as u32, pp.members as u32, pp.output, pp.hard_deadline_at_ms as u64, Origin { topic: 2, partition: 0, offset: seq }, 12);
     join.handle_timeout(1_000);
     let mut bytes = 0;
     while let Some(e) = join.poll_event() {

@@ -13,6 +13,7 @@
 //! - [`telemetry`]: logging, OpenTelemetry tracing with W3C `traceparent` in Kafka headers.
 //! - [`metrics`]: the Prometheus `/metrics` endpoint and consumer-lag gauges.
 //! - [`model`]: model manifests from `models/` and tract inference with pinned batch sizes.
+//! - [`parity_code`]: the r parity models of a deployment's code, checked to be one code.
 //! - [`dead_letter`]: building `parm.dead-letters` records.
 //! - [`delivery`]: at-least-once and exactly-once (Kafka transactions) delivery.
 //! - [`supervise`]: an exactly-once session that failed is replaced by a fresh one.
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod parity_code;
 pub mod quarantine;
 pub mod rebalance;
 pub mod records;

@@ -56,22 +56,6 @@ impl ModelManifest {
     pub fn parity_index(&self) -> usize {
         self.parity_index.unwrap_or(0)
     }
-
-    /// Refuses a model that a service cannot serve yet: parity j > 0 of a code with several
-    /// parities per group (the encoder sends one parity query per group, built as parity 0).
-    /// The encoder and the parity workers both check it at start, so a deployment given
-    /// such a model stops with this message instead of dead-lettering every parity query.
-    pub fn check_served(&self) -> anyhow::Result<()> {
-        if self.parity_index() > 0 {
-            bail!(
-                "{} is parity {} of a code with {} parities per group, which parm does not serve yet (one parity per group): use a plain parity model (no parity_index in its manifest)",
-                self.name,
-                self.parity_index(),
-                self.parities.unwrap_or(0)
-            );
-        }
-        Ok(())
-    }
 }
 
 /// Inputs and the outputs the exporting framework computed for them.

@@ -61,6 +61,9 @@ pub struct ParityQuery {
     /// `NAME@CRC32` of the encoder's parity model (`parm_common::model::identity`).
     #[serde(default)]
     pub parity_model: String,
+    /// Which parity of the group's code (0 for the one parity of an r = 1 code).
+    #[serde(default)]
+    pub parity_index: i32,
 }
 
 /// One member of `schemas/group-manifest.avsc`.
@@ -85,6 +88,13 @@ pub struct GroupManifest {
     pub created_at_ms: i64,
     pub members: Vec<GroupMember>,
     pub has_parity: bool,
+    /// How many parity queries were sent (r), when `has_parity`.
+    #[serde(default = "one")]
+    pub parities: i32,
+}
+
+fn one() -> i32 {
+    1
 }
 
 /// `schemas/prediction.avsc`.
@@ -116,6 +126,9 @@ pub struct ParityPrediction {
     pub inference_us: i64,
     pub finished_at_ms: i64,
     pub hard_deadline_at_ms: i64,
+    /// Which parity of the group's code, copied from the parity query.
+    #[serde(default)]
+    pub parity_index: i32,
 }
 
 /// The `Source` enum of `schemas/result.avsc`.
@@ -235,6 +248,7 @@ mod tests {
                 traceparent: Some("00-abc-def-01".into()),
             }],
             has_parity: false,
+            parities: 2,
         };
         assert_eq!(decode::<GroupManifest>(&encode(&m).unwrap()).unwrap(), m);
         let d = DeadLetter {

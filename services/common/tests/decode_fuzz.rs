@@ -25,7 +25,7 @@ fn seeds() -> Vec<Vec<u8>> {
     vec![
         encode(&Query { id: "q".into(), tensor: t.clone(), deadline_ms: Some(5), sent_at_ms: 1 }).unwrap(),
         encode(&MemberQuery { query_id: "q".into(), group_id: "g".into(), index: 1, tensor: t.clone(), decoder_partition: 0, sent_at_ms: 1, received_at_ms: 2, deadline_at_ms: 3, hard_deadline_at_ms: 4 }).unwrap(),
-        encode(&ParityQuery { group_id: "g".into(), members: 2, k: 2, encoder: "addition".into(), tensor: t, decoder_partition: 1, hard_deadline_at_ms: 9, parity_model: "m@00000000".into() }).unwrap(),
+        encode(&ParityQuery { group_id: "g".into(), members: 2, k: 2, encoder: "addition".into(), tensor: t, decoder_partition: 1, hard_deadline_at_ms: 9, parity_model: "m@00000000".into(), parity_index: 1 }).unwrap(),
         encode(&Prediction { query_id: "q".into(), group_id: "g".into(), index: 0, model_partition: 0, sent_at_ms: 1, received_at_ms: 2, deadline_at_ms: 3, output: vec![1.0, 2.0], worker: "w".into(), batch_size: 1, inference_us: 5, finished_at_ms: 6, hard_deadline_at_ms: 7 }).unwrap(),
     ]
 }

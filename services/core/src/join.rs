@@ -1,5 +1,9 @@
 //! The decoder's state machine: joins a coding group's manifest, member predictions and
-//! parity prediction, and decides for every query exactly once what to answer.
+//! parity predictions, and decides for every query exactly once what to answer.
+//!
+//! A group has r parities (r = 1: the paper's one addition parity, decoded by
+//! subtraction; r > 1: the code of [`crate::multi_parity::LinearCode`], which recovers any
+//! r or fewer missing members from as many parity outputs).
 //!
 //! It is driven from outside, quinn-proto style: the I/O layer hands it messages with
 //! [`Join::on_manifest`], [`Join::on_prediction`] and [`Join::on_parity`], calls
@@ -29,6 +33,7 @@
 //! one place. Its tests are in `join/tests.rs`.
 
 use crate::decode::reconstruct;
+use crate::multi_parity::LinearCode;
 use crate::offsets::{OffsetTracker, Origin};
 use crate::top1;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
@@ -38,7 +43,8 @@ use std::str::FromStr;
 /// When the decoder may answer with a reconstruction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Policy {
-    /// The paper's: reconstruct as soon as the parity and the k−1 others are in.
+    /// The paper's: reconstruct as soon as the parity and the k−1 others are in (with r
+    /// parities: as soon as as many parity outputs are in as members are missing).
     Eager,
     /// Wait for the real prediction until the query's deadline, then reconstruct.
     Deadline,
@@ -112,7 +118,7 @@ pub struct Arrival<M = ()> {
     pub meta: M,
 }
 
-/// A coding group: its id and members, and whether a parity query was sent for it.
+/// A coding group: its id and members, and whether parity queries were sent for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupSpec<M = ()> {
     pub group_id: String,
@@ -121,6 +127,11 @@ pub struct GroupSpec<M = ()> {
     /// prediction will come, so the group is finished as soon as every member is
     /// answered and in, and it is never reconstructed.
     pub has_parity: bool,
+    /// The code's k (members of a full group; a partial group has fewer, the rest zero).
+    pub k: u32,
+    /// How many parity queries were sent (r): parity j encodes Σ_i w_ji X_i of
+    /// [`LinearCode`] (r = 1: the plain sum).
+    pub parities: u32,
 }
 
 /// Where an answer came from.
@@ -182,11 +193,14 @@ struct Member<M> {
     answered: Option<(Source, Option<usize>)>,
 }
 
-/// An open group: its members, the parity output once in, and what rules out decoding.
+/// An open group: its members, the parity outputs once in, and what rules out decoding.
 #[derive(Debug)]
 struct Group<M> {
     members: Vec<Member<M>>,
-    parity: Option<Vec<f32>>,
+    /// Parity j's output once in (r slots; none without parity).
+    parities: Vec<Option<Vec<f32>>>,
+    /// The code that decodes r > 1 parities (r = 1 decodes by subtraction).
+    code: Option<LinearCode>,
     /// Two manifests disagreed (an encoder replay regrouped): never reconstruct.
     conflicted: bool,
     /// No parity query was sent for this group: none is waited for.
@@ -198,10 +212,15 @@ struct Group<M> {
 }
 
 impl<M> Group<M> {
-    /// Whether a parity output can decode this group: one was sent, and for this very
+    /// Whether parity outputs can decode this group: they were sent, and for this very
     /// grouping.
     fn decodable(&self) -> bool {
         !self.conflicted && !self.no_parity
+    }
+
+    /// Whether every parity output that was sent is in.
+    fn parities_in(&self) -> bool {
+        self.parities.iter().all(Option::is_some)
     }
 }
 
@@ -211,14 +230,14 @@ struct Waiting {
     outputs: Vec<(u32, Vec<f32>)>,
     /// Indexes already answered from their own prediction.
     answered: Vec<u32>,
-    /// The parity output with the number of members it encodes.
-    parity: Option<(u32, Vec<f32>)>,
+    /// Parity outputs: (parity index, number of members it encodes, output).
+    parities: Vec<(u32, u32, Vec<f32>)>,
     expires_at: u64,
 }
 
 impl Waiting {
     fn new(expires_at: u64) -> Self {
-        Self { outputs: Vec::new(), answered: Vec::new(), parity: None, expires_at }
+        Self { outputs: Vec::new(), answered: Vec::new(), parities: Vec::new(), expires_at }
     }
 }
 
@@ -325,7 +344,14 @@ impl<M: Clone> Join<M> {
                 };
                 entry.origins.push(origin);
                 if let State::Open(g) = &mut entry.state {
-                    g.parity = w.parity.filter(|(n, _)| *n as usize == g.members.len()).map(|(_, out)| out);
+                    let members = g.members.len();
+                    for (j, n, out) in w.parities {
+                        if n as usize == members && g.decodable() {
+                            if let Some(slot @ None) = g.parities.get_mut(j as usize) {
+                                *slot = Some(out);
+                            }
+                        }
+                    }
                     for (index, out) in w.outputs {
                         let on_arrival = w.answered.contains(&index);
                         if let Some(m) = g.members.iter_mut().find(|m| m.spec.index == index) {
@@ -435,21 +461,26 @@ impl<M: Clone> Join<M> {
         self.enforce_cap(group_id, now);
     }
 
-    /// A group's parity prediction arrived; `members` is how many queries it encodes.
-    pub fn on_parity(&mut self, group_id: &str, members: u32, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
+    /// Parity `parity_index` of a group arrived; `members` is how many queries it encodes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_parity(&mut self, group_id: &str, parity_index: u32, members: u32, output: Vec<f32>, hard_deadline_at: u64, origin: Origin, now: u64) {
         let late_linger = self.config.late_linger_ms;
         let entry = self
             .entries
             .entry(group_id.to_string())
             .or_insert_with(|| Entry { state: State::Waiting(Waiting::new(hard_deadline_at.saturating_add(late_linger))), origins: Vec::new(), timer: None, partition: origin.partition, since: now });
         match &mut entry.state {
-            State::Waiting(w) if w.parity.is_none() => w.parity = Some((members, output)),
+            State::Waiting(w) if !w.parities.iter().any(|(j, _, _)| *j == parity_index) => w.parities.push((parity_index, members, output)),
             State::Done { .. } => {
                 self.offsets.observe(origin);
                 return;
             }
             // Only a parity of this very grouping can decode it.
-            State::Open(g) if g.parity.is_none() && members as usize == g.members.len() && g.decodable() => g.parity = Some(output),
+            State::Open(g) if members as usize == g.members.len() && g.decodable() && matches!(g.parities.get(parity_index as usize), Some(None)) => {
+                if let Some(slot) = g.parities.get_mut(parity_index as usize) {
+                    *slot = Some(output);
+                }
+            }
             _ => {
                 self.offsets.observe(origin);
                 return;
@@ -576,7 +607,7 @@ impl<M: Clone> Join<M> {
         let next = match &mut entry.state {
             State::Waiting(w) => {
                 if timed && now >= w.expires_at {
-                    let inputs = w.outputs.len() + usize::from(w.parity.is_some());
+                    let inputs = w.outputs.len() + w.parities.len();
                     self.events.push_back(Event::Expired { group_id: id.to_string(), inputs });
                     // Some queries were answered: a straggling manifest must not answer
                     // them again.
@@ -684,11 +715,16 @@ enum Next {
 }
 
 fn new_group<M: Clone>(spec: &GroupSpec<M>) -> Group<M> {
+    let r = spec.parities.max(1) as usize;
+    // r > 1 decodes with the code; a (k, r) it cannot build is decoded by nothing.
+    let code = (spec.has_parity && r > 1).then(|| LinearCode::new(spec.k as usize, r).ok()).flatten();
+    let no_parity = !spec.has_parity || (r > 1 && code.is_none());
     Group {
         members: spec.members.iter().map(|s| Member { spec: s.clone(), output: None, answered: None }).collect(),
-        parity: None,
+        parities: if no_parity { Vec::new() } else { vec![None; r] },
+        code,
         conflicted: false,
-        no_parity: !spec.has_parity,
+        no_parity,
         stray: Vec::new(),
     }
 }
@@ -761,19 +797,33 @@ fn arrival_result<M: Clone>(group_id: &str, p: &Arrival<M>, now: u64) -> Event<M
     })
 }
 
-/// `Fp(P) − Σ_{i≠j} F(Xi)` if the parity and every other member's prediction are in.
+/// Member `j`'s output decoded from the parity outputs: `Fp(P) − Σ_{i≠j} F(Xi)` if the
+/// one parity and every other member's prediction are in (r = 1), or the code's solution
+/// for every missing member if at least as many parity outputs are in (r > 1).
 fn try_reconstruct<M>(g: &Group<M>, j: usize) -> Option<Vec<f32>> {
     if !g.decodable() {
         return None;
     }
-    let parity = g.parity.as_ref()?;
-    let mut others = Vec::with_capacity(g.members.len().saturating_sub(1));
-    for (i, m) in g.members.iter().enumerate() {
-        if i != j {
-            others.push(m.output.as_deref()?);
+    let Some(code) = &g.code else {
+        let parity = g.parities.first()?.as_ref()?;
+        let mut others = Vec::with_capacity(g.members.len().saturating_sub(1));
+        for (i, m) in g.members.iter().enumerate() {
+            if i != j {
+                others.push(m.output.as_deref()?);
+            }
         }
+        return reconstruct(parity, others);
+    };
+    let len = g.parities.iter().flatten().next()?.len();
+    // A partial group's empty slots were encoded as zero inputs: they contribute nothing.
+    let zeros = vec![0.0f32; len];
+    let mut slots: Vec<Option<&[f32]>> = vec![Some(zeros.as_slice()); code.k()];
+    for m in &g.members {
+        *slots.get_mut(m.spec.index as usize)? = m.output.as_deref();
     }
-    reconstruct(parity, others)
+    let wanted = g.members.get(j)?.spec.index as usize;
+    let parities: Vec<Option<&[f32]>> = g.parities.iter().map(Option::as_deref).collect();
+    code.recover(&slots, &parities).ok()?.into_iter().find(|(i, _)| *i == wanted).map(|(_, out)| out)
 }
 
 /// The last moment a group's inputs can still matter: its last hard deadline plus the
@@ -785,7 +835,7 @@ fn drop_at<M>(g: &Group<M>, config: &JoinConfig, now: u64) -> u64 {
 /// When the group next needs attention, or `None` when it is finished.
 fn next_wakeup<M>(g: &Group<M>, config: &JoinConfig, lagging: &HashSet<i32>, now: u64) -> Option<u64> {
     let drop_at = drop_at(g, config, now);
-    let everything_in = (g.parity.is_some() || !g.decodable()) && g.members.iter().all(|m| m.output.is_some());
+    let everything_in = (g.parities_in() || !g.decodable()) && g.members.iter().all(|m| m.output.is_some());
     let all_answered = g.members.iter().all(|m| m.answered.is_some());
     if all_answered && (everything_in || now >= drop_at) {
         return None;

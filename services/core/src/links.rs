@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 /// The spans of one group, and when they may be dropped.
 struct Spans<S> {
     expires_at: u64,
-    /// `(member index or -1 for parity, span)`
+    /// `(member index, or -1 − j for parity j, span)`
     spans: Vec<(i32, S)>,
 }
 
@@ -25,7 +25,7 @@ impl<S> Default for GroupLinks<S> {
 }
 
 impl<S: Clone> GroupLinks<S> {
-    /// Keeps the span of member `index` (-1: the parity) of `group_id` until `expires_at`
+    /// Keeps the span of member `index` (-1 − j: parity j) of `group_id` until `expires_at`
     /// (a group lives as long as its latest expiry).
     pub fn add(&mut self, group_id: &str, index: i32, span: S, expires_at: u64) {
         let entry = self.groups.entry(group_id.to_string()).or_insert_with(|| Spans { expires_at: 0, spans: Vec::new() });

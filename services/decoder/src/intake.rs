@@ -9,6 +9,7 @@ use parm_common::avro;
 use parm_common::records::{GroupManifest, ParityPrediction, Prediction};
 use parm_core::clock::ClockSkew;
 use parm_core::join::{Arrival, GroupSpec, MemberSpec};
+use parm_core::multi_parity::MAX_PARITIES;
 
 /// The largest k parm serves.
 pub const MAX_K: i32 = 8;
@@ -29,6 +30,8 @@ pub struct QueryMeta {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParityIn {
     pub group_id: String,
+    /// Which parity of the group's code.
+    pub parity_index: u32,
     pub members: u32,
     pub output: Vec<f32>,
     pub hard_deadline_at: u64,
@@ -41,7 +44,7 @@ pub fn clamp_deadline(at_ms: i64, skew: &ClockSkew, now: u64, max_deadline_ms: u
 }
 
 /// A group manifest: at least one member, k in 1..=MAX_K and at least the member count,
-/// member indexes unique and below k.
+/// member indexes unique and below k, parities in 1..=MAX_PARITIES.
 /// Its `created_at_ms` (the encoder's clock when it closed the group) teaches `skew`.
 pub fn manifest(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &mut ClockSkew) -> Result<GroupSpec<QueryMeta>, Refusal> {
     let m: GroupManifest = avro::decode(payload).map_err(|e| (None, format!("undecodable group manifest: {e:#}")))?;
@@ -64,6 +67,8 @@ pub fn manifest(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &mut Clock
             })
             .collect(),
         has_parity: m.has_parity,
+        k: m.k.max(0) as u32,
+        parities: m.parities.max(0) as u32,
     })
 }
 
@@ -88,15 +93,20 @@ pub fn prediction(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &ClockSk
     Ok((p.group_id, arrival))
 }
 
-/// A parity prediction: 1..=MAX_K members and a non-empty, finite output.
+/// A parity prediction: 1..=MAX_K members, a parity index below MAX_PARITIES and a
+/// non-empty, finite output.
 pub fn parity(payload: &[u8], now: u64, max_deadline_ms: u64, skew: &ClockSkew) -> Result<ParityIn, Refusal> {
     let p: ParityPrediction = avro::decode(payload).map_err(|e| (None, format!("undecodable parity prediction: {e:#}")))?;
     check_output(&p.output).map_err(|r| (None, format!("parity prediction of group {}: {r}", p.group_id)))?;
     if !(1..=MAX_K).contains(&p.members) {
         return Err((None, format!("parity prediction of group {} encodes {} members, not 1..={MAX_K}", p.group_id, p.members)));
     }
+    if !(0..MAX_PARITIES as i32).contains(&p.parity_index) {
+        return Err((None, format!("parity prediction of group {} is parity {}, not 0..{MAX_PARITIES}", p.group_id, p.parity_index)));
+    }
     Ok(ParityIn {
         group_id: p.group_id,
+        parity_index: p.parity_index.max(0) as u32,
         members: p.members.max(0) as u32,
         output: p.output,
         hard_deadline_at: clamp_deadline(p.hard_deadline_at_ms, skew, now, max_deadline_ms),
@@ -110,6 +120,9 @@ fn check_manifest(m: &GroupManifest) -> Result<(), Refusal> {
     }
     if !(1..=MAX_K).contains(&m.k) || m.members.len() > m.k as usize {
         return refuse(format!("{} members with k = {}; k must be 1..={MAX_K} and at least the member count", m.members.len(), m.k));
+    }
+    if !(1..=MAX_PARITIES as i32).contains(&m.parities) {
+        return refuse(format!("it has {} parities; parm serves 1..={MAX_PARITIES}", m.parities));
     }
     let mut seen = std::collections::HashSet::new();
     for g in &m.members {

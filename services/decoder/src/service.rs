@@ -299,7 +299,7 @@ impl Decoder {
         format!("{RESTORE_FROM}={at}")
     }
 
-    /// Keeps the span of a prediction (member `index`, -1 for the parity) for the trace
+    /// Keeps the span of a prediction (member `index`, -1 − j for parity j) for the trace
     /// links of its group's results, until the group's hard deadline and the late linger.
     fn keep_link(&mut self, group_id: &str, index: i32, cx: &Context, hard_deadline_at: u64) {
         let span = cx.span().span_context().clone();
@@ -358,8 +358,8 @@ impl Decoder {
 
     fn on_parity(&mut self, payload: &[u8], origin: Origin, now: u64, cx: &Context) -> Result<(), Refusal> {
         let p = intake::parity(payload, now, self.args.max_deadline_ms, &self.skew)?;
-        self.keep_link(&p.group_id, -1, cx, p.hard_deadline_at);
-        self.join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now);
+        self.keep_link(&p.group_id, -1 - p.parity_index as i32, cx, p.hard_deadline_at);
+        self.join.on_parity(&p.group_id, p.parity_index, p.members, p.output, p.hard_deadline_at, origin, now);
         Ok(())
     }
 

@@ -49,13 +49,13 @@ fn any_record() -> impl Strategy<Value = Record> {
         traceparent: None,
     });
     prop_oneof![
-        (group.clone(), prop::collection::vec(member, 0..5), prop_oneof![Just(2i32), any::<i32>()], any::<bool>())
-            .prop_map(|(group_id, members, k, has_parity)| Record::Manifest(GroupManifest { group_id, k, encoder: "addition".into(), created_at_ms: 0, members, has_parity })),
+        (group.clone(), prop::collection::vec(member, 0..5), prop_oneof![Just(2i32), any::<i32>()], any::<bool>(), prop_oneof![1i32..=2, any::<i32>()])
+            .prop_map(|(group_id, members, k, has_parity, parities)| Record::Manifest(GroupManifest { group_id, k, encoder: "addition".into(), created_at_ms: 0, members, has_parity, parities })),
         (group.clone(), index, 0i32..3, any_output(), any_deadline(), any_deadline()).prop_map(|(group_id, index, model_partition, output, d, h)| {
             Record::Prediction(Prediction { query_id: format!("q{index}"), group_id, index, model_partition, output, sent_at_ms: 0, received_at_ms: 0, deadline_at_ms: d, worker: "w".into(), batch_size: 1, inference_us: 0, finished_at_ms: 0, hard_deadline_at_ms: h })
         }),
-        (group, prop_oneof![1i32..=2, any::<i32>()], any_output(), any_deadline())
-            .prop_map(|(group_id, members, output, h)| Record::Parity(ParityPrediction { group_id, members, output, worker: "p".into(), batch_size: 1, inference_us: 0, finished_at_ms: 0, hard_deadline_at_ms: h })),
+        (group, prop_oneof![1i32..=2, any::<i32>()], any_output(), any_deadline(), prop_oneof![0i32..2, any::<i32>()])
+            .prop_map(|(group_id, members, output, h, parity_index)| Record::Parity(ParityPrediction { group_id, members, output, worker: "p".into(), batch_size: 1, inference_us: 0, finished_at_ms: 0, hard_deadline_at_ms: h, parity_index })),
     ]
 }
 
@@ -118,7 +118,7 @@ fn feed(records: &[(u8, Vec<u8>)], policy: Policy) -> (Join<QueryMeta>, Vec<(Str
             }),
             _ => intake::parity(bytes, now, MAX_DEADLINE_MS, &skew).map(|p| {
                 assert!(p.hard_deadline_at <= now + MAX_DEADLINE_MS);
-                join.on_parity(&p.group_id, p.members, p.output, p.hard_deadline_at, origin, now)
+                join.on_parity(&p.group_id, p.parity_index, p.members, p.output, p.hard_deadline_at, origin, now)
             }),
         };
         if taken.is_err() {
@@ -202,7 +202,7 @@ fn deadlines_stamped_on_a_skewed_encoder_clock_are_moved_onto_this_one() {
             hard_deadline_at_ms: encoder_now + 2_000,
             traceparent: None,
         };
-        let m = GroupManifest { group_id: "g".into(), k: 2, encoder: "addition".into(), created_at_ms: encoder_now, members: vec![member], has_parity: true };
+        let m = GroupManifest { group_id: "g".into(), k: 2, encoder: "addition".into(), created_at_ms: encoder_now, members: vec![member], has_parity: true, parities: 1 };
         let spec = intake::manifest(&avro::encode(&m).unwrap(), now, MAX_DEADLINE_MS, &mut clock).unwrap();
         assert_eq!(clock.offset_ms(), skew + 3);
         assert_eq!(spec.members[0].deadline_at, now + 50, "skew {skew}: the budget of 50 ms counts from now on this clock");

@@ -1,8 +1,11 @@
 //! The encoder's settings.
 
+use anyhow::Context as _;
 use parm_common::service_args::ServiceArgs;
 use crate::intake::Limits;
-use parm_common::model::{resolve, ModelManifest};
+use parm_common::model::{identity, resolve, ModelManifest};
+use parm_common::parity_code::ParityCode;
+use parm_core::multi_parity::LinearCode;
 use parm_core::ParityEncoder;
 
 /// `parm encoder`: flags and `PARM_*` variables.
@@ -11,7 +14,9 @@ pub struct EncoderArgs {
     #[command(flatten)]
     pub common: ServiceArgs,
     /// The parity model (name in models/ or path to its manifest): k, the encoder and the
-    /// input shape are read from it.
+    /// input shape are read from it. For r parities per group, the r parity models of the
+    /// code separated by commas (e.g. mnist-lenet-parity-add-k2,mnist-lenet-parity-add-k2-r2-p1):
+    /// each group then gets r parity queries, and any r of its members can be decoded.
     #[arg(long, env = "PARM_PARITY_MODEL", default_value = "mnist-lenet-parity-concat-k2")]
     pub parity_model: String,
     /// Longest time (ms) a query waits for the rest of its group before a partial group is sent.
@@ -58,6 +63,15 @@ pub struct CodingPlan {
     pub k: usize,
     pub encoder: ParityEncoder,
     pub input_shape: Vec<usize>,
+    /// r > 1: the code whose rows j > 0 encode parities 1..r (row 0 is `encoder`'s sum).
+    pub code: Option<LinearCode>,
+}
+
+impl CodingPlan {
+    /// How many parity queries each group gets.
+    pub fn parities(&self) -> usize {
+        self.code.as_ref().map_or(1, LinearCode::r)
+    }
 }
 
 impl EncoderArgs {
@@ -65,26 +79,24 @@ impl EncoderArgs {
         self.group.clone().unwrap_or_else(|| format!("{}-encoder", self.common.kafka.topic_prefix))
     }
 
-    pub fn coding_plan(&self) -> anyhow::Result<CodingPlan> {
-        let (m, _) = ModelManifest::load(&resolve(&self.parity_model))?;
-        if m.role != "parity" {
-            anyhow::bail!("{} is a {} model; --parity-model needs a parity model (role \"parity\" in its manifest)", m.name, m.role);
-        }
-        m.check_served()?;
-        let k = m.k.ok_or_else(|| anyhow::anyhow!("parity model {} has no k in its manifest", m.name))?;
-        if !(1..=8).contains(&k) {
-            anyhow::bail!("parity model {} has k = {k}; parm supports k from 1 to 8", m.name);
-        }
-        let encoder: ParityEncoder = m.encoder.as_deref().unwrap_or("addition").parse().map_err(anyhow::Error::msg)?;
-        encoder.validate(k, &m.input_shape)?;
-        Ok(CodingPlan { k, encoder, input_shape: m.input_shape })
+    fn parity_code(&self) -> anyhow::Result<ParityCode> {
+        ParityCode::load(&self.parity_model).context("--parity-model")
     }
 
-    /// The parity model's identity (`NAME@CRC32` of its file), put on every parity query
-    /// so that a parity worker serving another one refuses it.
-    pub fn parity_identity(&self) -> anyhow::Result<String> {
-        let (m, onnx) = ModelManifest::load(&resolve(&self.parity_model))?;
-        parm_common::model::identity(&m, &onnx)
+    pub fn coding_plan(&self) -> anyhow::Result<CodingPlan> {
+        let c = self.parity_code()?;
+        let first = c.parities.first().map(|(m, _)| m).ok_or_else(|| anyhow::anyhow!("no parity model"))?;
+        if !(1..=8).contains(&c.k) {
+            anyhow::bail!("parity model {} has k = {}; parm supports k from 1 to 8", first.name, c.k);
+        }
+        let code = if c.r() > 1 { Some(LinearCode::new(c.k, c.r())?) } else { None };
+        Ok(CodingPlan { k: c.k, encoder: c.encoder, input_shape: first.input_shape.clone(), code })
+    }
+
+    /// Each parity model's identity (`NAME@CRC32` of its file), parity j's on parity j's
+    /// queries, so that a parity worker serving another one refuses them.
+    pub fn parity_identities(&self) -> anyhow::Result<Vec<String>> {
+        self.parity_code()?.parities.iter().map(|(m, onnx)| identity(m, onnx)).collect()
     }
 
     /// The limits on client records: the flags, and the input range of the base model the
@@ -93,7 +105,8 @@ impl EncoderArgs {
         if self.hard_deadline_ms > self.max_deadline_ms {
             anyhow::bail!("--hard-deadline-ms {} is above --max-deadline-ms {}; raise the maximum or lower the hard deadline", self.hard_deadline_ms, self.max_deadline_ms);
         }
-        let (m, _) = ModelManifest::load(&resolve(&self.parity_model))?;
+        let c = self.parity_code()?;
+        let m = &c.parities.first().ok_or_else(|| anyhow::anyhow!("no parity model"))?.0;
         let base_range = m.base.as_deref().and_then(|b| ModelManifest::load(&resolve(b)).ok()).and_then(|(b, _)| b.input_range);
         Ok(Limits { max_id_bytes: self.max_id_bytes, max_deadline_ms: self.max_deadline_ms, input_range: base_range.or(m.input_range) })
     }
@@ -122,9 +135,15 @@ mod tests {
     }
 
     #[test]
-    fn a_second_parity_of_a_multi_parity_code_is_refused_with_a_reason() {
+    fn a_second_parity_alone_is_refused_with_the_list_to_give() {
         let e = plan("mnist-lenet-parity-add-k2-r2-p1").unwrap_err();
         let msg = format!("{e:#}");
-        assert!(msg.contains("parity 1 of a code with 2 parities") && msg.contains("does not serve"), "{msg}");
+        assert!(msg.contains("parity 1 of a code with 2 parities") && msg.contains("separated by commas"), "{msg}");
+    }
+
+    #[test]
+    fn the_parity_models_of_a_two_parity_code_give_r_2() {
+        let p = plan("mnist-lenet-parity-add-k2,mnist-lenet-parity-add-k2-r2-p1").unwrap();
+        assert_eq!((p.k, p.encoder, p.parities()), (2, ParityEncoder::Addition, 2));
     }
 }

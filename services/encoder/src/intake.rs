@@ -68,7 +68,7 @@ mod tests {
     use parm_core::ParityEncoder;
 
     fn plan() -> CodingPlan {
-        CodingPlan { k: 2, encoder: ParityEncoder::Addition, input_shape: vec![1, 2, 2] }
+        CodingPlan { k: 2, encoder: ParityEncoder::Addition, input_shape: vec![1, 2, 2], code: None }
     }
 
     fn limits() -> Limits {

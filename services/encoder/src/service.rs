@@ -56,8 +56,8 @@ struct Encoder {
     args: EncoderArgs,
     group: String,
     plan: CodingPlan,
-    /// The parity model's identity, on every parity query.
-    parity_model: String,
+    /// Each parity model's identity, on its parity queries (parity j at j).
+    parity_models: Vec<String>,
     topics: Topics,
     producer: FutureProducer,
     /// Where each member goes among the model partitions (cached per round).
@@ -88,7 +88,7 @@ pub async fn run(args: EncoderArgs, shutdown: Shutdown) -> anyhow::Result<()> {
 
 async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
     let plan = args.coding_plan()?;
-    let parity_model = args.parity_identity()?;
+    let parity_models = args.parity_identities()?;
     let limits = args.limits()?;
     let topics = args.common.kafka.topics();
     let model_partitions = kafka::service_partition_count(&args.common.kafka, &topics.model_queries).await?;
@@ -114,7 +114,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
     } else {
         None
     };
-    tracing::info!(route_by_health = args.route_by_health, k = plan.k, encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
+    tracing::info!(route_by_health = args.route_by_health, k = plan.k, r = plan.parities(), encoder = %plan.encoder, model_partitions, parity_partitions, decoder_partitions, "encoder started");
 
     let resend_window_ms = args.resend_window_ms;
     let mut enc = Encoder {
@@ -123,7 +123,7 @@ async fn session(args: EncoderArgs, mut shutdown: Shutdown, started: Arc<AtomicB
         group: args.group_name(),
         args,
         plan,
-        parity_model,
+        parity_models,
         topics,
         producer,
         member_partitions: MemberPartitions::new(model_partitions),
@@ -410,32 +410,44 @@ impl Encoder {
         Ok(Accepted { tensor, origin, cx, member, delivery })
     }
 
-    /// Sends a closed group's parity query and manifest.
+    /// The r parity inputs of a group's members: parity 0 by the plan's encoder (the sum,
+    /// or the concatenation), parity j > 0 by row j of the code. None when a member cannot
+    /// be encoded (intake keeps every value in range, so this should not happen; the group
+    /// then goes out without parity and its queries get MODEL or UNAVAILABLE answers).
+    fn encode_parities(&mut self, group_id: &str, tensors: &[&Tensor]) -> Option<Vec<Tensor>> {
+        let (plan, k) = (&self.plan, self.plan.k);
+        let encoded = guard(|| {
+            let mut inputs = vec![plan.encoder.encode(k, tensors).map_err(|e| (None, e.to_string()))?];
+            if let Some(code) = &plan.code {
+                for j in 1..code.r() {
+                    inputs.push(code.encode(j, tensors).map_err(|e| (None, e.to_string()))?);
+                }
+            }
+            Ok(inputs)
+        });
+        match encoded {
+            Ok(inputs) => Some(inputs),
+            Err((_, reason)) => {
+                tracing::error!(group = %group_id, %reason, "could not encode a parity query; the group is sent without parity");
+                self.counts.add("not encodable", 1);
+                None
+            }
+        }
+    }
+
+    /// Sends a closed group's parity queries and manifest.
     /// `solo`: the group was closed early for a query bound for a slow worker (for metrics).
     async fn send_group(&mut self, g: ClosedGroup<Accepted>, solo: bool) -> anyhow::Result<()> {
         let now = now_ms();
         let decoder_partition = group_partition(&g.id, self.decoder_partitions);
         let tensors: Vec<&Tensor> = g.members.iter().map(|m| &m.query.tensor).collect();
-        let parity_input = if self.args.no_parity {
-            None
-        } else {
-            // Intake keeps every value in range, so this cannot fail; if it does anyway, the
-            // group goes out without parity (its queries get MODEL or UNAVAILABLE answers).
-            match guard(|| self.plan.encoder.encode(self.plan.k, &tensors).map_err(|e| (None, e.to_string()))) {
-                Ok(p) => Some(p),
-                Err((_, reason)) => {
-                    tracing::error!(group = %g.id, %reason, "could not encode a parity query; the group is sent without parity");
-                    self.counts.add("not encodable", 1);
-                    None
-                }
-            }
-        };
-        let has_parity = parity_input.is_some();
+        let parity_inputs = if self.args.no_parity { None } else { self.encode_parities(&g.id, &tensors) };
+        let has_parity = parity_inputs.is_some();
         let links: Vec<_> = g.members.iter().filter_map(|m| telemetry::link_to(&m.query.cx)).collect();
         let members = g.members.len();
         let mut origins = Vec::with_capacity(members);
         let mut manifest_members = Vec::with_capacity(members);
-        let mut sends = Vec::with_capacity(members + 2);
+        let mut sends = Vec::with_capacity(members + 1 + self.plan.parities());
         for pending in g.members {
             let a = pending.query;
             origins.push(a.origin);
@@ -446,7 +458,7 @@ impl Encoder {
         }
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
 
-        if let Some(parity_input) = parity_input {
+        for (j, parity_input) in parity_inputs.into_iter().flatten().enumerate() {
             let parity = ParityQuery {
                 group_id: g.id.clone(),
                 members: members as i32,
@@ -455,9 +467,12 @@ impl Encoder {
                 tensor: WireTensor::from_tensor(&parity_input),
                 decoder_partition,
                 hard_deadline_at_ms: hard_deadline_at,
-                parity_model: self.parity_model.clone(),
+                parity_model: self.parity_models.get(j).cloned().unwrap_or_default(),
+                parity_index: j as i32,
             };
-            let mut parity_partition = group_partition(&g.id, self.parity_partitions);
+            // The r parities of a group go to r different parity workers where there are
+            // that many, so one slow parity worker holds back at most one of them.
+            let mut parity_partition = (group_partition(&g.id, self.parity_partitions) + j as i32) % self.parity_partitions.max(1);
             if let Some((view, _)) = &self.health {
                 parity_partition = view.healthy_parity_partition(parity_partition, self.parity_partitions, now);
             }
@@ -479,6 +494,7 @@ impl Encoder {
             created_at_ms: now as i64,
             members: manifest_members,
             has_parity,
+            parities: self.plan.parities() as i32,
         };
         let cx = telemetry::send_span(SERVICE, &self.topics.groups, Some(decoder_partition), &g.id, &Context::new(), links);
         let f = kafka::send(&self.producer, &self.topics.groups, Some(decoder_partition), &g.id, &avro::encode(&manifest)?, telemetry::inject(&cx)).await?;

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 fn plans() -> Vec<CodingPlan> {
     vec![
-        CodingPlan { k: 2, encoder: ParityEncoder::Concatenation, input_shape: vec![1, 4, 4] },
-        CodingPlan { k: 4, encoder: ParityEncoder::Addition, input_shape: vec![1, 4, 4] },
+        CodingPlan { k: 2, encoder: ParityEncoder::Concatenation, input_shape: vec![1, 4, 4], code: None },
+        CodingPlan { k: 4, encoder: ParityEncoder::Addition, input_shape: vec![1, 4, 4], code: None },
     ]
 }
 

@@ -27,7 +27,10 @@ pub struct WorkerArgs {
     #[command(flatten)]
     pub common: ServiceArgs,
     /// The model to serve (name in models/ or path to its manifest). Default: mnist-lenet
-    /// for a model worker, mnist-lenet-parity-concat-k2 for a parity worker.
+    /// for a model worker, mnist-lenet-parity-concat-k2 for a parity worker. A parity
+    /// worker of a code with r parities per group serves all r parity models, named
+    /// separated by commas as for the encoder's --parity-model, and runs each parity query
+    /// on its parity's model.
     #[arg(long, env = "PARM_MODEL")]
     pub model: Option<String>,
     /// Largest micro-batch.

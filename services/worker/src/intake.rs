@@ -19,9 +19,9 @@ pub struct Expect {
     /// Parity role: the parity model's k and encoder, which every parity query must match.
     pub k: Option<i32>,
     pub encoder: ParityEncoder,
-    /// Parity role: this worker's parity model's identity (`NAME@CRC32`), which a parity
-    /// query that names one must match.
-    pub identity: String,
+    /// Parity role: the identity (`NAME@CRC32`) of each parity model this worker serves,
+    /// parity j's at j; a parity query that names one must match its parity's.
+    pub identities: Vec<String>,
     /// The output topic and its partition count: a record naming another decoder
     /// partition is refused.
     pub output_topic: String,
@@ -29,19 +29,20 @@ pub struct Expect {
 }
 
 impl Expect {
-    /// What a worker of `role` serving `model` and writing `output_topic` expects. A
-    /// parity model's k and encoder are its manifest's (addition when unstated, as the
-    /// encoder reads it).
-    pub fn for_model(role: Role, model: &Model, output_topic: &str, output_partitions: i32) -> anyhow::Result<Self> {
+    /// What a worker of `role` serving `models` (one base model, or the parity models of a
+    /// code in parity order, as `parm_common::parity_code::ParityCode` checked them) and
+    /// writing `output_topic` expects. A parity model's k and encoder are its manifest's
+    /// (addition when unstated, as the encoder reads it).
+    pub fn for_models(role: Role, models: &[std::sync::Arc<Model>], output_topic: &str, output_partitions: i32) -> anyhow::Result<Self> {
+        let model = models.first().ok_or_else(|| anyhow::anyhow!("no model to serve"))?;
         let m = &model.manifest;
-        m.check_served()?;
         Ok(Self {
             role,
             model: m.name.clone(),
             input_shape: m.input_shape.clone(),
             k: m.k.and_then(|k| i32::try_from(k).ok()),
             encoder: m.encoder.as_deref().and_then(|e| e.parse().ok()).unwrap_or(ParityEncoder::Addition),
-            identity: model.identity()?,
+            identities: models.iter().map(|m| m.identity()).collect::<anyhow::Result<_>>()?,
             output_topic: output_topic.to_string(),
             output_partitions,
         })
@@ -56,6 +57,9 @@ pub struct Admitted {
     pub group_id: String,
     /// Member index (model role) or number of members encoded (parity role).
     pub index: i32,
+    /// Parity role: which parity of the code, so which of the worker's models runs it
+    /// (always 0 in the model role).
+    pub parity_index: usize,
     /// Timing of the query (model role), passed on so the decoder can answer at once.
     pub sent_at_ms: i64,
     pub received_at_ms: i64,
@@ -78,6 +82,7 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
                 key: q.query_id,
                 group_id: q.group_id,
                 index: q.index,
+                parity_index: 0,
                 sent_at_ms: q.sent_at_ms,
                 received_at_ms: q.received_at_ms,
                 deadline_at_ms: q.deadline_at_ms,
@@ -97,10 +102,17 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
                     q.group_id, q.k, q.encoder, expect.model, expect.k, expect.encoder
                 )));
             }
-            if !q.parity_model.is_empty() && q.parity_model != expect.identity {
+            let served = usize::try_from(q.parity_index).ok().and_then(|j| expect.identities.get(j).map(|id| (j, id)));
+            let Some((parity_index, identity)) = served else {
                 return Err((None, format!(
-                    "parity query of group {} was encoded for parity model {}, but this parity worker serves {}; start the encoder and the parity workers with the same parity model (the same file)",
-                    q.group_id, q.parity_model, expect.identity
+                    "parity query of group {} is parity {}, but this parity worker serves parities 0..{} ({}); start the encoder and the parity workers with the same parity models",
+                    q.group_id, q.parity_index, expect.identities.len(), expect.identities.join(", ")
+                )));
+            };
+            if !q.parity_model.is_empty() && q.parity_model != *identity {
+                return Err((None, format!(
+                    "parity query of group {} was encoded for parity model {}, but this parity worker serves {} as parity {parity_index}; start the encoder and the parity workers with the same parity models (the same files)",
+                    q.group_id, q.parity_model, identity
                 )));
             }
             if !(1..=q.k).contains(&q.members) {
@@ -111,6 +123,7 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
                 key: q.group_id.clone(),
                 group_id: q.group_id,
                 index: q.members,
+                parity_index,
                 sent_at_ms: 0,
                 received_at_ms: 0,
                 deadline_at_ms: 0,
@@ -136,23 +149,45 @@ pub fn admit(expect: &Expect, payload: &[u8]) -> Result<Admitted, Refusal> {
 mod tests {
     use super::*;
     use parm_common::model::resolve;
+    use parm_common::records::WireTensor;
 
-    fn expect_for(name: &str) -> anyhow::Result<Expect> {
-        let model = Model::load(&resolve(name))?;
-        Expect::for_model(Role::Parity, &model, "t.parity-predictions", 1)
+    fn expect_for(names: &[&str]) -> anyhow::Result<Expect> {
+        let models = names.iter().map(|n| Model::load(&resolve(n))).collect::<anyhow::Result<Vec<_>>>()?;
+        Expect::for_models(Role::Parity, &models, "t.parity-predictions", 1)
+    }
+
+    fn parity_query(e: &Expect, parity_index: i32, parity_model: &str) -> Vec<u8> {
+        let q = ParityQuery {
+            group_id: "g".into(),
+            members: 2,
+            k: e.k.unwrap_or(0),
+            encoder: e.encoder.to_string(),
+            tensor: WireTensor::from_tensor(&Tensor::zeros(e.input_shape.clone())),
+            decoder_partition: 0,
+            hard_deadline_at_ms: 1,
+            parity_model: parity_model.into(),
+            parity_index,
+        };
+        avro::encode(&q).unwrap()
     }
 
     #[test]
     fn a_parity_worker_takes_its_code_from_the_manifest() {
-        let e = expect_for("mnist-lenet-parity-concat-k8").unwrap();
+        let e = expect_for(&["mnist-lenet-parity-concat-k8"]).unwrap();
         assert_eq!((e.k, e.encoder), (Some(8), ParityEncoder::Concatenation));
     }
 
-    /// Parity 1 of an r = 2 code is not served yet: the worker refuses it at start instead
-    /// of refusing every parity query the encoder sends (built as parity 0).
+    /// A worker serving both parities of an r = 2 code runs each parity query on its own
+    /// parity's model, and refuses one that names the other parity's model or a parity it
+    /// does not serve.
     #[test]
-    fn a_second_parity_of_a_multi_parity_code_is_refused_at_start() {
-        let msg = format!("{:#}", expect_for("mnist-lenet-parity-add-k2-r2-p1").unwrap_err());
-        assert!(msg.contains("parity 1 of a code with 2 parities") && msg.contains("does not serve"), "{msg}");
+    fn each_parity_query_is_matched_to_its_parity_model() {
+        let e = expect_for(&["mnist-lenet-parity-add-k2", "mnist-lenet-parity-add-k2-r2-p1"]).unwrap();
+        let (p0, p1) = (e.identities[0].clone(), e.identities[1].clone());
+        assert_eq!(admit(&e, &parity_query(&e, 1, &p1)).unwrap().parity_index, 1);
+        assert_eq!(admit(&e, &parity_query(&e, 0, &p0)).unwrap().parity_index, 0);
+        assert!(admit(&e, &parity_query(&e, 1, &p0)).unwrap_err().1.contains("as parity 1"));
+        assert!(admit(&e, &parity_query(&e, 2, "")).unwrap_err().1.contains("serves parities 0..2"));
+        assert!(admit(&e, &parity_query(&e, -1, "")).is_err());
     }
 }

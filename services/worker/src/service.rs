@@ -18,6 +18,7 @@ use parm_common::kafka::{self, store_offsets, ParmContext, RebalanceCounter, Top
 use parm_common::metrics::{names, Tally};
 use parm_common::model::{resolve, Model};
 use parm_common::outbox::Outbox;
+use parm_common::parity_code::ParityCode;
 use parm_common::records::{ParityPrediction, Prediction, QueryResult};
 use parm_common::shutdown::Shutdown;
 use parm_common::telemetry::{self, Consumed};
@@ -56,7 +57,8 @@ struct Worker {
     topics: Topics,
     input_topic: String,
     output_topic: String,
-    model: Arc<Model>,
+    /// The model (model role), or the parity models of the code, parity j's at j.
+    models: Vec<Arc<Model>>,
     producer: FutureProducer,
     outbox: Outbox,
     delay: DelayModel,
@@ -77,22 +79,26 @@ struct Worker {
 /// Runs a worker of `role` until `shutdown` fires or a write fails (exactly-once: a failed
 /// transaction starts a fresh session, see `parm_common::delivery`).
 pub async fn run(args: WorkerArgs, role: Role, shutdown: Shutdown) -> anyhow::Result<()> {
-    let model_path = resolve(&args.model_name(role));
-    let model = tokio::task::spawn_blocking(move || Model::load(&model_path)).await??;
+    let paths = match role {
+        Role::Model => vec![resolve(&args.model_name(role))],
+        // One parity model, or the r of a code (checked to be one code).
+        Role::Parity => ParityCode::load(&args.model_name(role)).context("--model")?.parities.into_iter().map(|(_, onnx)| onnx).collect(),
+    };
+    let models = tokio::task::spawn_blocking(move || paths.iter().map(|p| Model::load(p)).collect::<anyhow::Result<Vec<_>>>()).await??;
     let service = match role {
         Role::Model => "model-worker",
         Role::Parity => "parity-worker",
     };
     let delivery = args.common.delivery.delivery;
-    delivery::supervise(service, delivery, shutdown, |shutdown, started| session(args.clone(), role, model.clone(), shutdown, started)).await
+    delivery::supervise(service, delivery, shutdown, |shutdown, started| session(args.clone(), role, models.clone(), shutdown, started)).await
 }
 
-async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
+async fn session(args: WorkerArgs, role: Role, models: Vec<Arc<Model>>, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {
     let want = match role {
         Role::Model => "base",
         Role::Parity => "parity",
     };
-    if model.manifest.role != want {
+    if let Some(model) = models.iter().find(|m| m.manifest.role != want) {
         anyhow::bail!("{} is a {} model, but a {} worker serves a {want} model; pass --model", model.manifest.name, model.manifest.role, role.as_str());
     }
     let topics = args.common.kafka.topics();
@@ -118,7 +124,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
     } else {
         None
     };
-    let expect = Expect::for_model(role, &model, &output_topic, output_partitions)?;
+    let expect = Expect::for_models(role, &models, &output_topic, output_partitions)?;
     let mut w = Worker {
         role,
         name: args.worker_name(role),
@@ -126,7 +132,7 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
         topics,
         input_topic,
         output_topic,
-        model,
+        models,
         producer,
         outbox: Outbox::new(),
         delay: DelayModel::new(args.delay.clone()),
@@ -138,7 +144,8 @@ async fn session(args: WorkerArgs, role: Role, model: Arc<Model>, mut shutdown: 
         counts: Default::default(),
         txn,
     };
-    tracing::info!(role = role.as_str(), worker = %w.name, model = %w.model.manifest.name, delay = w.delay.is_active(), pass_through = w.pass_through, "worker started");
+    let names: Vec<&str> = w.models.iter().map(|m| m.manifest.name.as_str()).collect();
+    tracing::info!(role = role.as_str(), worker = %w.name, model = %names.join(","), delay = w.delay.is_active(), pass_through = w.pass_through, "worker started");
     let batching = Batching { max: args.max_batch.max(1), wait: Duration::from_millis(args.max_wait_ms) };
     started.store(true, Ordering::SeqCst);
     let mut generation = rebalances.get();
@@ -378,20 +385,32 @@ impl Worker {
     /// Runs the model on `items` (off the async threads) and returns those it answered with
     /// their outputs. A query the model could not run, or whose output is not finite
     /// numbers, is a dead letter; the rest of its batch goes on.
-    async fn infer(&mut self, batch: &[BorrowedMessage<'_>], items: Vec<Item>) -> anyhow::Result<(Vec<Item>, Vec<Vec<f32>>)> {
-        let model = self.model.clone();
-        let tensors: Vec<Tensor> = items.iter().map(|i| i.q.tensor.clone()).collect();
+    async fn infer(&mut self, batch: &[BorrowedMessage<'_>], mut items: Vec<Item>) -> anyhow::Result<(Vec<Item>, Vec<Vec<f32>>)> {
+        // A parity worker of an r-parity code runs each parity's queries on its own model:
+        // one sub-batch per parity, in parity order (stable, so arrival order within each).
+        items.sort_by_key(|i| i.q.parity_index);
+        let mut work: Vec<(Arc<Model>, Vec<Tensor>)> = Vec::new();
+        for item in &items {
+            let Some(model) = self.models.get(item.q.parity_index) else { continue };
+            match work.last_mut() {
+                Some((m, tensors)) if Arc::ptr_eq(m, model) => tensors.push(item.q.tensor.clone()),
+                _ => work.push((model.clone(), vec![item.q.tensor.clone()])),
+            }
+        }
+        // Intake admits only parity indexes this worker serves; keep the pairing exact anyway.
+        items.retain(|i| i.q.parity_index < self.models.len());
+        let names: Vec<String> = work.iter().map(|(m, _)| m.manifest.name.clone()).collect();
         let links: Vec<_> = items.iter().filter_map(|i| telemetry::link_to(&i.cx)).collect();
         let infer_cx = telemetry::internal_span(
             "infer",
-            vec![KeyValue::new("parm.batch_size", items.len() as i64), KeyValue::new("parm.model", model.manifest.name.clone())],
+            vec![KeyValue::new("parm.batch_size", items.len() as i64), KeyValue::new("parm.model", names.join(","))],
             &Context::new(),
             links,
         );
-        let outputs = if self.pass_through {
-            pass_through(model.manifest.output_size, &tensors)
+        let outputs: Vec<Result<Vec<f32>, String>> = if self.pass_through {
+            work.iter().flat_map(|(m, tensors)| pass_through(m.manifest.output_size, tensors)).collect()
         } else {
-            tokio::task::spawn_blocking(move || run_guarded(&model, &tensors)).await?
+            tokio::task::spawn_blocking(move || work.iter().flat_map(|(m, tensors)| run_guarded(m, tensors)).collect()).await?
         };
         drop(infer_cx);
         let mut kept = Vec::with_capacity(items.len());
@@ -447,6 +466,7 @@ impl Worker {
                     inference_us,
                     finished_at_ms: finished,
                     hard_deadline_at_ms: item.q.hard_deadline_at,
+                    parity_index: item.q.parity_index as i32,
                 })?,
             };
             let cx = telemetry::send_span(self.service(), &self.output_topic, Some(item.q.decoder_partition), &item.q.key, &item.cx, vec![]);

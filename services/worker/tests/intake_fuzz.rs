@@ -28,7 +28,8 @@ fn expect(role: Role) -> Expect {
         input_shape: vec![1, 28, 28],
         k: Some(2),
         encoder: ParityEncoder::Addition,
-        identity: "mnist-mlp-parity-add-k2@00000001".into(),
+        // Two parities, as a worker of an r = 2 code serves them.
+        identities: vec!["mnist-mlp-parity-add-k2@00000001".into(), "mnist-mlp-parity-add-k2-r2-p1@00000002".into()],
         output_topic: "t.predictions".into(),
         output_partitions: 2,
     }
@@ -74,9 +75,15 @@ fn any_parity() -> impl Strategy<Value = ParityQuery> {
         prop_oneof![Just("addition".to_string()), Just("concatenation".to_string()), ".{0,12}"],
         prop_oneof![0i32..3, any::<i32>()],
         any::<i64>(),
-        prop_oneof![Just(String::new()), Just("mnist-mlp-parity-add-k2@00000001".to_string()), Just("mnist-mlp-parity-add-k2@ffffffff".to_string())],
+        prop_oneof![
+            Just(String::new()),
+            Just("mnist-mlp-parity-add-k2@00000001".to_string()),
+            Just("mnist-mlp-parity-add-k2-r2-p1@00000002".to_string()),
+            Just("mnist-mlp-parity-add-k2@ffffffff".to_string())
+        ],
+        prop_oneof![0i32..3, any::<i32>()],
     )
-        .prop_map(|(tensor, members, k, encoder, decoder_partition, hard, parity_model)| ParityQuery {
+        .prop_map(|(tensor, members, k, encoder, decoder_partition, hard, parity_model, parity_index)| ParityQuery {
             group_id: "g".into(),
             members,
             k,
@@ -85,6 +92,7 @@ fn any_parity() -> impl Strategy<Value = ParityQuery> {
             decoder_partition,
             hard_deadline_at_ms: hard,
             parity_model,
+            parity_index,
         })
 }
 
@@ -121,7 +129,8 @@ proptest! {
         if let Ok(a) = admit(&e, &avro::encode(&q).unwrap()) {
             prop_assert_eq!(q.k, 2);
             prop_assert_eq!(q.encoder.as_str(), "addition");
-            prop_assert!(q.parity_model.is_empty() || q.parity_model == e.identity, "another parity model's query was admitted");
+            prop_assert!(usize::try_from(q.parity_index).is_ok_and(|j| j == a.parity_index && j < e.identities.len()), "a parity the worker does not serve was admitted");
+            prop_assert!(q.parity_model.is_empty() || q.parity_model == e.identities[a.parity_index], "another parity model's query was admitted");
             prop_assert!((1..=2).contains(&a.index));
             prop_assert!((0..e.output_partitions).contains(&a.decoder_partition));
         }

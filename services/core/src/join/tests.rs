@@ -22,6 +22,8 @@ fn spec(k: u32, deadline: u64, hard: u64) -> GroupSpec {
             })
             .collect(),
         has_parity: true,
+        k,
+        parities: 1,
     }
 }
 
@@ -62,7 +64,7 @@ fn a_group_without_parity_answers_a_missing_member_unavailable_at_its_hard_deadl
         j.on_manifest(GroupSpec { has_parity: false, ..spec(2, 50, 100) }, origin(0, 0), 0);
         j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
         // A stray parity prediction (another deployment's, a misconfiguration) decodes nothing.
-        j.on_parity("g", 2, vec![1.0, 1.0], 100, origin(2, 0), 2);
+        j.on_parity("g", 0, 2, vec![1.0, 1.0], 100, origin(2, 0), 2);
         j.handle_timeout(60);
         assert_eq!(results(&mut j).len(), 1, "{policy}: not reconstructed at the deadline");
         j.handle_timeout(100);
@@ -84,7 +86,7 @@ fn model_predictions_are_answered_at_once_and_the_group_is_dropped() {
     assert_eq!(r.len(), 2);
     assert!(r.iter().all(|e| e.source == Source::Model));
     assert_eq!(j.len(), 1, "kept until the parity arrives");
-    j.on_parity("g", 2, vec![1.0, 1.0], 100, origin(2, 0), 3);
+    j.on_parity("g", 0, 2, vec![1.0, 1.0], 100, origin(2, 0), 3);
     assert_eq!(j.open_groups(), 0, "finished");
     j.handle_timeout(10_000);
     assert!(j.is_empty(), "forgotten after the late linger");
@@ -96,7 +98,7 @@ fn deadline_policy_waits_for_the_deadline_then_reconstructs() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
     j.on_prediction("g", arr(0, vec![1.0, 2.0], 100), origin(1, 0), 1);
-    j.on_parity("g", 2, vec![1.5, 7.0], 100, origin(2, 0), 2);
+    j.on_parity("g", 0, 2, vec![1.5, 7.0], 100, origin(2, 0), 2);
     let r = results(&mut j);
     assert_eq!(r.len(), 1);
     assert_eq!(j.next_timeout(), Some(50));
@@ -123,7 +125,7 @@ fn parity_after_the_deadline_reconstructs_on_the_next_timeout() {
     j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
     j.handle_timeout(50);
     assert_eq!(results(&mut j).len(), 1);
-    j.on_parity("g", 2, vec![3.0], 100, origin(2, 0), 70);
+    j.on_parity("g", 0, 2, vec![3.0], 100, origin(2, 0), 70);
     assert!(results(&mut j).is_empty(), "arrival alone never acts on a deadline");
     assert_eq!(j.next_timeout(), Some(50));
     j.handle_timeout(70);
@@ -136,7 +138,7 @@ fn eager_policy_reconstructs_as_soon_as_possible() {
     let mut j = Join::new(config(Policy::Eager, false));
     j.on_manifest(spec(3, 50, 100), origin(0, 0), 0);
     j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
-    j.on_parity("g", 3, vec![6.0], 100, origin(2, 0), 2);
+    j.on_parity("g", 0, 3, vec![6.0], 100, origin(2, 0), 2);
     assert_eq!(results(&mut j).len(), 1);
     j.on_prediction("g", arr(2, vec![2.0], 100), origin(1, 1), 3);
     let r = results(&mut j);
@@ -145,11 +147,99 @@ fn eager_policy_reconstructs_as_soon_as_possible() {
     assert_eq!((q1.source, q1.output.clone()), (Source::Reconstructed, vec![3.0]));
 }
 
+/// A k = 2, r = 2 group: parity 0 encodes X0 + X1, parity 1 X0 + 2·X1 (the code's
+/// Vandermonde rows on nodes 1 and 2). With a linear F (the identity here) the parity
+/// outputs are exact.
+fn two_parities() -> GroupSpec {
+    GroupSpec { parities: 2, ..spec(2, 50, 100) }
+}
+
+#[test]
+fn two_parities_reconstruct_both_missing_members_at_their_deadline() {
+    for policy in [Policy::Deadline, Policy::Eager] {
+        let mut j = Join::new(config(policy, false));
+        j.on_manifest(two_parities(), origin(0, 0), 0);
+        // F(X0) = [1, 2], F(X1) = [3, 5]: parity 0 = [4, 7], parity 1 = [7, 12].
+        j.on_parity("g", 1, 2, vec![7.0, 12.0], 100, origin(2, 0), 2);
+        if policy == Policy::Eager {
+            assert!(results(&mut j).is_empty(), "one parity cannot decode two missing members");
+        }
+        j.on_parity("g", 0, 2, vec![4.0, 7.0], 100, origin(2, 1), 3);
+        if policy == Policy::Deadline {
+            assert!(results(&mut j).is_empty(), "the deadline policy waits for the deadline");
+            j.handle_timeout(50);
+        }
+        let mut r = results(&mut j);
+        r.sort_by_key(|e| e.index);
+        assert_eq!(r.len(), 2, "{policy}");
+        assert!(r.iter().all(|e| e.source == Source::Reconstructed), "{policy}");
+        for (e, want) in r.iter().zip([[1.0f32, 2.0], [3.0, 5.0]]) {
+            assert!(e.output.iter().zip(want).all(|(g, w)| (g - w).abs() < 1e-4), "{policy}: {:?} vs {want:?}", e.output);
+        }
+    }
+}
+
+#[test]
+fn with_two_parities_one_missing_member_is_decoded_from_either_parity() {
+    for (parity_index, output) in [(0u32, vec![4.0f32, 7.0]), (1, vec![7.0, 12.0])] {
+        let mut j = Join::new(config(Policy::Deadline, false));
+        j.on_manifest(two_parities(), origin(0, 0), 0);
+        j.on_prediction("g", arr(0, vec![1.0, 2.0], 100), origin(1, 0), 1);
+        j.on_parity("g", parity_index, 2, output, 100, origin(2, 0), 2);
+        assert_eq!(results(&mut j).len(), 1, "the real prediction");
+        j.handle_timeout(50);
+        let r = results(&mut j);
+        assert_eq!((r.len(), r[0].index, r[0].source), (1, 1, Source::Reconstructed), "parity {parity_index}");
+        assert!(r[0].output.iter().zip([3.0f32, 5.0]).all(|(g, w)| (g - w).abs() < 1e-4), "parity {parity_index}: {:?}", r[0].output);
+    }
+}
+
+#[test]
+fn parities_that_come_before_the_manifest_are_kept_by_index() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_parity("g", 1, 2, vec![7.0, 12.0], 100, origin(2, 0), 1);
+    j.on_parity("g", 1, 2, vec![0.0, 0.0], 100, origin(2, 1), 1); // a duplicate of parity 1: ignored
+    j.on_parity("g", 0, 2, vec![4.0, 7.0], 100, origin(2, 2), 2);
+    j.on_manifest(two_parities(), origin(0, 0), 3);
+    j.handle_timeout(50);
+    let mut r = results(&mut j);
+    r.sort_by_key(|e| e.index);
+    assert_eq!(r.iter().map(|e| e.source).collect::<Vec<_>>(), vec![Source::Reconstructed; 2]);
+    assert!(r[1].output.iter().zip([3.0f32, 5.0]).all(|(g, w)| (g - w).abs() < 1e-4), "{:?}", r[1].output);
+}
+
+#[test]
+fn a_parity_index_outside_the_code_decodes_nothing() {
+    let mut j = Join::new(config(Policy::Deadline, false));
+    j.on_manifest(two_parities(), origin(0, 0), 0);
+    j.on_prediction("g", arr(0, vec![1.0, 2.0], 100), origin(1, 0), 1);
+    j.on_parity("g", 2, 2, vec![9.0, 9.0], 100, origin(2, 0), 2);
+    j.handle_timeout(50);
+    assert_eq!(results(&mut j).len(), 1, "only the real prediction");
+    j.handle_timeout(100);
+    let r = results(&mut j);
+    assert_eq!((r.len(), r[0].source), (1, Source::Unavailable));
+    assert!(j.committable().contains(&(2, 0, 1)), "the stray parity's offset is not held: {:?}", j.committable());
+}
+
+#[test]
+fn a_partial_group_of_a_two_parity_code_decodes_with_the_empty_slots_as_zeros() {
+    // k = 3, r = 2, one member: parity 0 = F(X0), parity 1 = 1·F(X0).
+    let mut j = Join::new(config(Policy::Deadline, false));
+    let mut s = GroupSpec { parities: 2, k: 3, ..spec(1, 50, 100) };
+    s.group_id = "g".into();
+    j.on_manifest(s, origin(0, 0), 0);
+    j.on_parity("g", 1, 1, vec![2.5], 100, origin(2, 0), 1);
+    j.handle_timeout(50);
+    let r = results(&mut j);
+    assert_eq!((r.len(), r[0].source, r[0].output.clone()), (1, Source::Reconstructed, vec![2.5]));
+}
+
 #[test]
 fn unavailable_at_the_hard_deadline_when_two_are_missing() {
     let mut j = Join::new(config(Policy::Deadline, false));
     j.on_manifest(spec(2, 50, 100), origin(0, 0), 0);
-    j.on_parity("g", 2, vec![3.0], 100, origin(2, 0), 2);
+    j.on_parity("g", 0, 2, vec![3.0], 100, origin(2, 0), 2);
     j.handle_timeout(50);
     assert!(results(&mut j).is_empty());
     j.handle_timeout(100);
@@ -193,7 +283,7 @@ fn a_lagging_partition_gets_its_pending_members_reconstructed_at_once() {
         let s = if g == "a" { a.clone() } else { b.clone() };
         j.on_manifest(s, origin(0, off), 0);
         j.on_prediction(g, arr(0, vec![1.0], 200), origin(1, off), 1);
-        j.on_parity(g, 2, vec![3.0], 200, origin(2, off), 1);
+        j.on_parity(g, 0, 2, vec![3.0], 200, origin(2, off), 1);
     }
     results(&mut j);
     j.handle_timeout(50); // a's member on partition 1 misses its deadline
@@ -217,7 +307,7 @@ fn duplicates_are_ignored_and_release_nothing_twice() {
     j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 1);
     j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 1), 1);
     assert_eq!(results(&mut j).len(), 1);
-    j.on_parity("g", 1, vec![1.0], 100, origin(2, 0), 2);
+    j.on_parity("g", 0, 1, vec![1.0], 100, origin(2, 0), 2);
     assert_eq!(j.open_groups(), 0, "finished");
     j.handle_timeout(10_000);
     assert!(j.is_empty(), "forgotten after the late linger");
@@ -304,7 +394,7 @@ proptest! {
             match kind {
                 0 => j.on_manifest(s.clone(), origin(0, seq), t),
                 1 => j.on_prediction("g", arr(i, linear_f(xs[i as usize], i), hard), origin(1, seq), t),
-                _ => j.on_parity("g", sc.k, parity_out.clone(), hard, origin(2, seq), t),
+                _ => j.on_parity("g", 0, sc.k, parity_out.clone(), hard, origin(2, seq), t),
             }
             // all arrivals of one millisecond come in before its deadlines act
             if arrivals.get(n + 1).is_none_or(|next| next.0 > t) { step(&mut j, t, &mut answered)?; }
@@ -385,7 +475,7 @@ fn state_stays_bounded_over_a_long_run() {
         // every 7th group loses a member, every 11th loses its parity, every 13th a late member
         if n % 7 != 0 { j.on_prediction(&id, arr(0, vec![1.0, 0.0], now + 40), origin(1, 2 * n as i64), now); }
         if n % 13 != 0 { j.on_prediction(&id, arr(1, vec![0.0, 1.0], now + 40), origin(1, 2 * n as i64 + 1), now); }
-        if n % 11 != 0 { j.on_parity(&id, 2, vec![1.0, 1.0], now + 40, origin(2, n as i64), now); }
+        if n % 11 != 0 { j.on_parity(&id, 0, 2, vec![1.0, 1.0], now + 40, origin(2, n as i64), now); }
         j.handle_timeout(now);
         while j.poll_event().is_some() {}
         max_len = max_len.max(j.len());
@@ -403,8 +493,8 @@ fn a_regrouped_manifest_adds_its_members_and_never_reconstructs() {
     j.on_manifest(spec(1, 50, 100), origin(0, 0), 0);
     j.on_manifest(spec(2, 50, 100), origin(0, 1), 1);
     j.on_prediction("g", arr(0, vec![1.0], 100), origin(1, 0), 2);
-    j.on_parity("g", 1, vec![3.0], 100, origin(2, 0), 3);
-    j.on_parity("g", 2, vec![3.0], 100, origin(2, 1), 3);
+    j.on_parity("g", 0, 1, vec![3.0], 100, origin(2, 0), 3);
+    j.on_parity("g", 0, 2, vec![3.0], 100, origin(2, 1), 3);
     j.handle_timeout(50);
     let r = results(&mut j);
     assert_eq!(r.len(), 1, "only q0's real prediction; no reconstruction from an ambiguous parity: {r:?}");
@@ -417,9 +507,9 @@ fn a_regrouped_manifest_adds_its_members_and_never_reconstructs() {
 /// outputs of any length and value, group ids that collide.
 #[derive(Debug, Clone)]
 enum Op {
-    Manifest { group: u8, indexes: Vec<u32>, deadline: u64, hard: u64, has_parity: bool },
+    Manifest { group: u8, indexes: Vec<u32>, deadline: u64, hard: u64, has_parity: bool, k: u32, parities: u32 },
     Prediction { group: u8, index: u32, output: Vec<f32>, deadline: u64, hard: u64 },
-    Parity { group: u8, members: u32, output: Vec<f32>, hard: u64 },
+    Parity { group: u8, index: u32, members: u32, output: Vec<f32>, hard: u64 },
     Tick(u64),
     Forget(i32),
 }
@@ -436,11 +526,12 @@ fn hostile_output() -> impl Strategy<Value = Vec<f32>> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        (0u8..4, prop::collection::vec(prop_oneof![0u32..9, any::<u32>()], 0..10), hostile_time(), hostile_time(), any::<bool>())
-            .prop_map(|(group, indexes, deadline, hard, has_parity)| Op::Manifest { group, indexes, deadline, hard, has_parity }),
+        (0u8..4, prop::collection::vec(prop_oneof![0u32..9, any::<u32>()], 0..10), hostile_time(), hostile_time(), any::<bool>(), prop_oneof![0u32..10, any::<u32>()], prop_oneof![0u32..5, any::<u32>()])
+            .prop_map(|(group, indexes, deadline, hard, has_parity, k, parities)| Op::Manifest { group, indexes, deadline, hard, has_parity, k, parities }),
         (0u8..4, prop_oneof![0u32..9, any::<u32>()], hostile_output(), hostile_time(), hostile_time())
             .prop_map(|(group, index, output, deadline, hard)| Op::Prediction { group, index, output, deadline, hard }),
-        (0u8..4, prop_oneof![0u32..9, any::<u32>()], hostile_output(), hostile_time()).prop_map(|(group, members, output, hard)| Op::Parity { group, members, output, hard }),
+        (0u8..4, prop_oneof![0u32..4, any::<u32>()], prop_oneof![0u32..9, any::<u32>()], hostile_output(), hostile_time())
+            .prop_map(|(group, index, members, output, hard)| Op::Parity { group, index, members, output, hard }),
         hostile_time().prop_map(Op::Tick),
         (0i32..3).prop_map(Op::Forget),
     ]
@@ -459,15 +550,15 @@ proptest! {
         for (n, op) in ops.into_iter().enumerate() {
             let o = |topic: u8, partition: i32| Origin { topic, partition, offset: n as i64 };
             match op {
-                Op::Manifest { group, indexes, deadline, hard, has_parity } => {
+                Op::Manifest { group, indexes, deadline, hard, has_parity, k, parities } => {
                     let members = indexes.iter().map(|&index| MemberSpec { query_id: format!("q{index}"), index, model_partition: (index % 3) as i32, deadline_at: deadline, hard_deadline_at: hard, meta: () }).collect();
-                    j.on_manifest(GroupSpec { group_id: format!("g{group}"), members, has_parity }, o(0, i32::from(group % 2)), now);
+                    j.on_manifest(GroupSpec { group_id: format!("g{group}"), members, has_parity, k, parities }, o(0, i32::from(group % 2)), now);
                 }
                 Op::Prediction { group, index, output, deadline, hard } => {
                     let a = Arrival { query_id: format!("q{index}"), index, model_partition: (index % 3) as i32, output, deadline_at: deadline, hard_deadline_at: hard, meta: () };
                     j.on_prediction(&format!("g{group}"), a, o(1, i32::from(group % 2)), now);
                 }
-                Op::Parity { group, members, output, hard } => j.on_parity(&format!("g{group}"), members, output, hard, o(2, i32::from(group % 2)), now),
+                Op::Parity { group, index, members, output, hard } => j.on_parity(&format!("g{group}"), index, members, output, hard, o(2, i32::from(group % 2)), now),
                 Op::Tick(t) => {
                     now = now.max(t.min(u64::MAX / 2));
                     j.handle_timeout(now);
@@ -528,7 +619,7 @@ fn a_replayed_manifest_with_a_new_member_of_a_finished_group_answers_it_once() {
         partial.members.truncate(1);
         j.on_manifest(partial, origin(0, 0), 0);
         j.on_prediction("g", arr(0, vec![1.0, 0.0], 100), origin(1, 0), 1);
-        j.on_parity("g", 1, vec![1.0, 0.0], 100, origin(2, 0), 2);
+        j.on_parity("g", 0, 1, vec![1.0, 0.0], 100, origin(2, 0), 2);
         assert_eq!(results(&mut j).len(), 1);
         assert_eq!(j.open_groups(), 0, "finished");
         if prediction_first {
