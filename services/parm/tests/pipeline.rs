@@ -6,7 +6,6 @@ mod support;
 use parm::launch::Signal;
 use parm_common::avro;
 use parm_common::records::{DeadLetter, Query, ResultSource, WireTensor};
-use std::collections::HashMap;
 use std::time::Duration;
 use support::{count, free_port, http_get, mnist, tally, top1_of_f, Pipeline};
 
@@ -61,48 +60,6 @@ async fn a_stopped_model_worker_is_covered_by_reconstructions() {
     late_by.sort_unstable();
     eprintln!("reconstructed {}; answered after the deadline: median {} ms, max {} ms", recon.len(), late_by[late_by.len() / 2], late_by[late_by.len() - 1]);
     assert!(agree as f64 >= 0.9 * recon.len() as f64, "reconstructions agree with F on {agree} of {}", recon.len());
-}
-
-/// Two parities per group (k = 2, r = 2, the addition code's parity and the Vandermonde
-/// one): with both model workers stopped at once, every member of every group is missing,
-/// and each is answered RECONSTRUCTED from the two parity outputs soon after its
-/// deadline. The parity workers serve both parity models.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_stopped_model_workers_are_covered_by_two_parities() {
-    const CODE: &str = "mnist-lenet-parity-add-k2,mnist-lenet-parity-add-k2-r2-p1";
-    const DEADLINE_MS: i64 = 300;
-    const BOUND_MS: i64 = 1500;
-    let mut p = Pipeline::start("two-stragglers", 2, 2, |s| {
-        // A linger well above the gap between queries, so that groups are full: both members missing.
-        s.encoder_args = ["--parity-model", CODE, "--linger-ms", "500"].map(String::from).to_vec();
-        s.parity_worker_args = ["--model", CODE].map(String::from).to_vec();
-    })
-    .await;
-    p.deployment.signal("model-worker-0", Signal::Stop).unwrap();
-    p.deployment.signal("model-worker-1", Signal::Stop).unwrap();
-    let sent = p.send("two", 0..40, 20.0, Some(DEADLINE_MS)).await;
-    let (results, duplicates) = p.results_for(&sent, Duration::from_secs(60)).await;
-    p.deployment.signal("model-worker-0", Signal::Cont).unwrap();
-    p.deployment.signal("model-worker-1", Signal::Cont).unwrap();
-
-    eprintln!("both model workers stopped, r = 2: {}", tally(&results));
-    assert_eq!(duplicates, 0);
-    assert_eq!(count(&results, ResultSource::Unavailable), 0, "no query waited for its hard deadline");
-    assert_eq!(count(&results, ResultSource::Reconstructed), sent.len(), "every query was reconstructed");
-    let mut per_group: HashMap<&str, usize> = HashMap::new();
-    for r in results.values() {
-        *per_group.entry(r.result.group_id.as_str()).or_default() += 1;
-    }
-    let full = per_group.values().filter(|n| **n == 2).count();
-    assert!(full * 2 >= sent.len() * 3 / 4, "most groups were full (both members missing at once): {full} of {}", per_group.len());
-    let mut agree = 0;
-    for r in results.values() {
-        agree += usize::from(r.result.top1 == Some(top1_of_f(&mnist().images[sent[&r.result.query_id]])));
-        let over = r.result.emitted_at_ms - r.result.deadline_at_ms;
-        assert!(over <= BOUND_MS, "{} was answered {over} ms after its deadline", r.result.query_id);
-    }
-    // Both members missing is decoded at 97.8% top-1 on the whole test set (benchmarks/README.md).
-    assert!(agree * 10 >= sent.len() * 8, "reconstructions agree with F on {agree} of {}", sent.len());
 }
 
 /// The value of a counter summed over the series whose labels contain `labels`, from a
