@@ -79,6 +79,13 @@ pub enum Mode {
     /// `none`'s deployment with inference replaced by a copy of the input (the workers'
     /// `--pass-through`): the same records and Kafka hops, the plumbing's own limit.
     Floor,
+    /// The paper's approximate-backup baseline at parm's worker budget: N model workers +
+    /// N/k backup workers that run a cheaper model on *every* query (so each must be k
+    /// times cheaper to keep up: its synthetic service time is F's divided by k), and the
+    /// decoder answers with the backup's output when F's is not in by the deadline. Served
+    /// by parm's own path: groups of one, whose "parity model" is the backup model
+    /// (`Service::backup_model`, a k = 1 manifest), decoded as Fp(X) − nothing.
+    Backup,
 }
 
 impl Mode {
@@ -90,6 +97,7 @@ impl Mode {
             Mode::Parm => "parm",
             Mode::ParmEager => "parm-eager",
             Mode::Floor => "floor",
+            Mode::Backup => "backup",
         }
     }
 
@@ -99,8 +107,9 @@ impl Mode {
         !matches!(self, Mode::None | Mode::Floor)
     }
 
+    /// Whether the mode sends parity queries (parm's modes, and the backup's copies).
     pub fn has_parity(self) -> bool {
-        matches!(self, Mode::Parm | Mode::ParmEager)
+        matches!(self, Mode::Parm | Mode::ParmEager | Mode::Backup)
     }
 }
 
@@ -112,6 +121,9 @@ pub struct Service {
     pub model: String,
     /// The parity model for k: this name with `{k}` replaced (a name in `models/`).
     pub parity_model: String,
+    /// The approximate backup of mode `backup`: a k = 1 "parity" manifest of a cheaper
+    /// model (a name in `models/`).
+    pub backup_model: String,
     /// Synthetic service time per batch (ms), slept after the real inference, so that 12+
     /// workers fit on two cores: a sleep holds the worker, not the CPU.
     pub synthetic_ms: f64,
@@ -153,6 +165,7 @@ impl Default for Service {
         Self {
             model: "mnist-mlp".into(),
             parity_model: "mnist-mlp-parity-add-k{k}".into(),
+            backup_model: "mnist-lenet-backup-mlp".into(),
             synthetic_ms: 0.0,
             synthetic_exp_ms: 0.0,
             max_batch: 1,
@@ -327,6 +340,16 @@ impl Scenario {
     /// The parity model's name for `k`.
     pub fn parity_model(&self, k: usize) -> String {
         self.service.parity_model.replace("{k}", &k.to_string())
+    }
+
+    /// What a run of `mode` at `k` sends its parity queries to: the backup model for
+    /// `backup`, else the parity model of k.
+    pub fn parity_model_for(&self, mode: Mode, k: usize) -> String {
+        if mode == Mode::Backup {
+            self.service.backup_model.clone()
+        } else {
+            self.parity_model(k)
+        }
     }
 }
 

@@ -43,7 +43,7 @@ struct Args {
     /// Override the scenario's rates.
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<f64>>,
-    /// Only these modes (comma-separated: none,equal,hedge,parm,parm-eager).
+    /// Only these modes (comma-separated: none,equal,hedge,parm,parm-eager,backup,floor).
     #[arg(long, value_delimiter = ',')]
     modes: Option<Vec<String>>,
     /// Leave a broker this run started running at the end.
@@ -139,8 +139,8 @@ async fn run_scenario(scn: &Scenario, env: &Env<'_>, out: &Path) -> anyhow::Resu
     let mut skipped: Vec<(String, String)> = Vec::new();
     for (i, spec) in runs.iter().enumerate() {
         let tag = format!("[{}/{}] {}", i + 1, runs.len(), spec.label());
-        if spec.mode.has_parity() && !parm_common::model::resolve(&scn.parity_model(spec.k)).exists() {
-            let why = format!("no parity model {} in models/ (k = {} needs a trained one)", scn.parity_model(spec.k), spec.k);
+        if spec.mode.has_parity() && !parm_common::model::resolve(&scn.parity_model_for(spec.mode, spec.k)).exists() {
+            let why = format!("no parity model {} in models/ (k = {} needs a trained one)", scn.parity_model_for(spec.mode, spec.k), spec.k);
             eprintln!("{tag}: skipped: {why}");
             skipped.push((spec.label(), why));
             continue;

@@ -13,7 +13,7 @@ pub fn topology(mode: Mode, n: usize, k: usize) -> (usize, usize) {
     match mode {
         Mode::None | Mode::Floor => (n, 0),
         Mode::Equal | Mode::Hedge => (n + extra, 0),
-        Mode::Parm | Mode::ParmEager => (n, extra),
+        Mode::Parm | Mode::ParmEager | Mode::Backup => (n, extra),
     }
 }
 
@@ -21,7 +21,7 @@ pub fn topology(mode: Mode, n: usize, k: usize) -> (usize, usize) {
 pub(super) struct Plan {
     pub(super) model_workers: usize,
     pub(super) parity_workers: usize,
-    /// The parity model of the run's k.
+    /// The parity model of the run's k (the backup model for `backup`).
     pub(super) parity_model: String,
     /// The parity manifest the encoder takes its k from.
     pub(super) encoder_plan: String,
@@ -31,7 +31,7 @@ impl Plan {
     /// The plan of `spec`; fails where the mode needs a parity model that `models/` lacks.
     pub(super) fn new(scn: &Scenario, spec: &RunSpec) -> anyhow::Result<Self> {
         let (model_workers, parity_workers) = topology(spec.mode, scn.model_workers, spec.k);
-        let parity_model = scn.parity_model(spec.k);
+        let parity_model = scn.parity_model_for(spec.mode, spec.k);
         // Without parity, groups only keep the decoder's bookkeeping: any parity manifest
         // gives the encoder a k; the worker counts above carry the k of the comparison.
         let encoder_plan = if spec.mode.has_parity() || resolve(&parity_model).exists() { parity_model.clone() } else { scn.parity_model(2) };
@@ -61,14 +61,29 @@ pub(super) fn deployment_spec(scn: &Scenario, spec: &RunSpec, env: &Env<'_>, pla
     };
     d.encoder_args = with_kafka(encoder_args(svc, spec.mode, &plan.encoder_plan));
     d.model_worker_args = with_kafka(worker_args(svc, spec.mode, &svc.model));
-    d.parity_worker_args = with_kafka(worker_args(svc, spec.mode, &plan.parity_model));
+    let parity_scale = parity_cost(spec.mode, spec.k);
+    let parity_svc = Service { synthetic_ms: svc.synthetic_ms * parity_scale, synthetic_exp_ms: svc.synthetic_exp_ms * parity_scale, ..svc.clone() };
+    d.parity_worker_args = with_kafka(worker_args(&parity_svc, spec.mode, &plan.parity_model));
     d.decoder_args = with_kafka(decoder_args(spec.mode));
     // Each worker its own episode sequence; the same worker number gets the same one in
     // every mode, so the modes meet the same slowdowns.
     let c = &spec.contention;
     d.per_model_worker_args = (0..plan.model_workers).map(|i| (i, episode_args(c, scn.seed * 1000 + i as u64))).collect();
-    d.per_parity_worker_args = (0..plan.parity_workers).map(|i| (i, episode_args(c, scn.seed * 1000 + 500 + i as u64))).collect();
+    let parity_c = Contention { episode_extra_ms: c.episode_extra_ms * parity_scale, ..c.clone() };
+    d.per_parity_worker_args = (0..plan.parity_workers).map(|i| (i, episode_args(&parity_c, scn.seed * 1000 + 500 + i as u64))).collect();
     d
+}
+
+/// A parity worker's service time as a share of a model worker's. A backup worker runs
+/// every query, k times as many as a parity worker: it stands for a model k times cheaper,
+/// so its synthetic service time (and a slowdown's extra time) is F's divided by k. A
+/// parity model costs what F costs (the paper's parity models have F's architecture).
+pub fn parity_cost(mode: Mode, k: usize) -> f64 {
+    if mode == Mode::Backup {
+        1.0 / k.max(1) as f64
+    } else {
+        1.0
+    }
 }
 
 /// The encoder's flags: the parity plan, deadlines and linger, no parity for the
@@ -134,4 +149,21 @@ fn episode_args(c: &Contention, seed: u64) -> Vec<String> {
 /// Command-line flags from (flag, value) pairs.
 fn flags<const N: usize>(pairs: [(&str, String); N]) -> Vec<String> {
     pairs.into_iter().flat_map(|(flag, value)| [flag.to_string(), value]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The backup baseline has parm's worker budget, and its backup workers, which run
+    /// every query, are k times cheaper than F.
+    #[test]
+    fn the_backup_mode_has_parms_budget_at_a_kth_of_the_cost() {
+        assert_eq!(topology(Mode::Backup, 12, 2), topology(Mode::Parm, 12, 2));
+        assert_eq!(topology(Mode::Backup, 12, 4), (12, 3));
+        assert_eq!((parity_cost(Mode::Backup, 2), parity_cost(Mode::Backup, 4), parity_cost(Mode::Parm, 2)), (0.5, 0.25, 1.0));
+        let s: Scenario = toml::from_str("rates = [100]").unwrap();
+        assert_eq!((s.parity_model_for(Mode::Backup, 2), s.parity_model_for(Mode::Parm, 2)), ("mnist-lenet-backup-mlp".to_string(), "mnist-mlp-parity-add-k2".to_string()));
+        assert!(resolve(&s.parity_model_for(Mode::Backup, 2)).exists(), "the backup model is in models/");
+    }
 }

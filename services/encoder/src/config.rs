@@ -85,7 +85,7 @@ impl EncoderArgs {
 
     pub fn coding_plan(&self) -> anyhow::Result<CodingPlan> {
         let c = self.parity_code()?;
-        let first = c.parities.first().map(|(m, _)| m).ok_or_else(|| anyhow::anyhow!("no parity model"))?;
+        let first = c.parities.first().map(|p| &p.manifest).ok_or_else(|| anyhow::anyhow!("no parity model"))?;
         if !(1..=8).contains(&c.k) {
             anyhow::bail!("parity model {} has k = {}; parm supports k from 1 to 8", first.name, c.k);
         }
@@ -96,7 +96,7 @@ impl EncoderArgs {
     /// Each parity model's identity (`NAME@CRC32` of its file), parity j's on parity j's
     /// queries, so that a parity worker serving another one refuses them.
     pub fn parity_identities(&self) -> anyhow::Result<Vec<String>> {
-        self.parity_code()?.parities.iter().map(|(m, onnx)| identity(m, onnx)).collect()
+        self.parity_code()?.parities.iter().map(|p| identity(&p.manifest, &p.onnx)).collect()
     }
 
     /// The limits on client records: the flags, and the input range of the base model the
@@ -106,7 +106,7 @@ impl EncoderArgs {
             anyhow::bail!("--hard-deadline-ms {} is above --max-deadline-ms {}; raise the maximum or lower the hard deadline", self.hard_deadline_ms, self.max_deadline_ms);
         }
         let c = self.parity_code()?;
-        let m = &c.parities.first().ok_or_else(|| anyhow::anyhow!("no parity model"))?.0;
+        let m = &c.parities.first().ok_or_else(|| anyhow::anyhow!("no parity model"))?.manifest;
         let base_range = m.base.as_deref().and_then(|b| ModelManifest::load(&resolve(b)).ok()).and_then(|(b, _)| b.input_range);
         Ok(Limits { max_id_bytes: self.max_id_bytes, max_deadline_ms: self.max_deadline_ms, input_range: base_range.or(m.input_range) })
     }

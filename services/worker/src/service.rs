@@ -82,7 +82,7 @@ pub async fn run(args: WorkerArgs, role: Role, shutdown: Shutdown) -> anyhow::Re
     let paths = match role {
         Role::Model => vec![resolve(&args.model_name(role))],
         // One parity model, or the r of a code (checked to be one code).
-        Role::Parity => ParityCode::load(&args.model_name(role)).context("--model")?.parities.into_iter().map(|(_, onnx)| onnx).collect(),
+        Role::Parity => ParityCode::load(&args.model_name(role)).context("--model")?.parities.into_iter().map(|p| p.path).collect(),
     };
     let models = tokio::task::spawn_blocking(move || paths.iter().map(|p| Model::load(p)).collect::<anyhow::Result<Vec<_>>>()).await??;
     let service = match role {
