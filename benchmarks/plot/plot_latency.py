@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FixedLocator, FuncFormatter  # noqa: E402
 
-MODE_ORDER = ["floor", "none", "equal", "hedge", "parm", "parm-eager"]
+MODE_ORDER = ["floor", "none", "equal", "hedge", "backup", "parm", "parm-eager"]
 STYLE = {
     "floor": dict(color="#9467bd", ls=(0, (1, 3))),
     "none": dict(color="#7f7f7f", ls=":"),
@@ -28,6 +28,7 @@ STYLE = {
     "hedge": dict(color="#ff7f0e", ls="-."),
     "parm": dict(color="#2ca02c", ls="-"),
     "parm-eager": dict(color="#d62728", ls="-"),
+    "backup": dict(color="#8c564b", ls=(0, (5, 1))),
 }
 DIMS = {
     "rate": lambda r: r["rate"],

@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-COLORS = {"floor": "#9467bd", "none": "#7f7f7f", "parm": "#2ca02c", "parm-eager": "#d62728", "equal": "#1f77b4", "hedge": "#ff7f0e"}
+COLORS = {"floor": "#9467bd", "none": "#7f7f7f", "parm": "#2ca02c", "parm-eager": "#d62728", "equal": "#1f77b4", "hedge": "#ff7f0e", "backup": "#8c564b"}
 QUANTILES = [("p50_ms", "p50", ":"), ("p99_ms", "p99", "-")]
 
 

@@ -1,6 +1,7 @@
 //! The degraded-mode accuracy report: what the `accuracy` binary measured (one row per
-//! parity model, the base models' own top-1) and how it is written, as `accuracy.md` beside
-//! the paper's figures and as `accuracy.json`.
+//! parity model, the base models' own top-1, codes with r parities, and the training-free
+//! rows of [`crate::accuracy_free`]) and how it is written, as `accuracy.md` beside the
+//! paper's figures and as `accuracy.json`.
 
 use anyhow::Context as _;
 use serde::Serialize;
@@ -63,6 +64,9 @@ pub struct Report {
     pub parity: Vec<ParityResult>,
     /// Codes with several parities per group: every erasure pattern.
     pub codes: Vec<CodeResult>,
+    /// Degraded mode without a trained parity model: Berrut coding, F as its own parity
+    /// model, an approximate backup.
+    pub training_free: crate::accuracy_free::TrainingFree,
 }
 
 /// A code of r parity models over one F: every erasure pattern of up to r members.
@@ -188,6 +192,7 @@ pub fn markdown(report: &Report) -> String {
         "\nPaper figures: Kosaian et al., SOSP 2019, Figure 5 (k = 2, read to ±0.5); the paper's MNIST and \
          Fashion-MNIST F differ from ours, so compare gaps rather than absolute numbers.\n",
     );
+    s.push_str(&crate::accuracy_free_report::markdown(&report.training_free, &report.parity));
     s
 }
 

@@ -51,8 +51,31 @@ fn every_parity_model_is_measured_over_every_grouping() {
     let concat = measured.iter().find(|r| r["name"] == "mnist-lenet-parity-concat-k2").expect("the deployed parity model");
     assert!(concat["agreement_with_base"].as_f64().unwrap() > 0.9, "{concat}");
 
+    // The training-free rows: Berrut codes (every output of every group, from all N answers
+    // and from every set of S missing), F as its own parity model, the backup.
+    let free = &report["training_free"];
+    let berrut = free["berrut"].as_array().unwrap();
+    let k8 = berrut.iter().find(|r| r["base"] == "mnist-lenet" && r["k"] == 8 && r["s"] == 1).expect("Berrut K = 8, S = 1 on MNIST");
+    let groups = groupings * (limit / 8);
+    assert_eq!(k8["groups"], groups);
+    assert_eq!(k8["no_straggler"]["total"], groups * 8);
+    assert_eq!(k8["stragglers"]["total"], groups * 8 * 9, "every output, for each of the 9 missing workers");
+    for r in berrut {
+        for key in ["no_straggler", "stragglers"] {
+            let t = &r[key];
+            assert!(t["correct"].as_u64().unwrap() <= t["total"].as_u64().unwrap(), "{r}");
+        }
+    }
+    assert!(k8["no_straggler"]["agree"].as_f64().unwrap() / k8["no_straggler"]["total"].as_f64().unwrap() > 0.5, "{k8}");
+    let own = free["self_parity"].as_array().unwrap();
+    assert!(own.iter().any(|r| r["base"] == "mnist-lenet" && r["encoder"] == "addition" && r["k"] == 2 && r["decoded"]["total"] == groupings * limit), "{own:?}");
+    let backup = &free["backup"][0];
+    assert_eq!((backup["backup"].as_str(), backup["test_examples"].as_u64()), (Some("mnist-mlp"), Some(limit)));
+    assert!(backup["agreement_with_base"].as_f64().unwrap() > 0.9, "{backup}");
+
     let md = std::fs::read_to_string(out.join("accuracy.md")).unwrap();
     assert!(md.contains("2 groupings (seeds 1234–1235)"), "{md}");
+    assert!(md.contains("### Berrut-coded inference (ApproxIFER)") && md.contains("### Approximate backup"), "{md}");
     std::fs::remove_dir_all(&out).ok();
 }
 

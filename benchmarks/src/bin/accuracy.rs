@@ -11,6 +11,10 @@
 //! the range over groupings is reported: the luck of one pairing moves an accuracy by as
 //! much as the differences between the parity models being compared.
 //!
+//! Training-free rows (`parm_benchmarks::accuracy_free`), for the base models it names and
+//! over the same groupings: Berrut-coded inference (ApproxIFER), F as its own parity model,
+//! and a cheaper model as an approximate backup for F.
+//!
 //! Writes `accuracy.md` (a table beside the paper's figures) and `accuracy.json`.
 //!
 //! ```text
@@ -18,8 +22,8 @@
 //! cargo run --release -p parm-benchmarks --bin accuracy -- --help
 //! ```
 //!
-//! One tool end to end (load, measure, check the encoder against training, report), a
-//! little over 400 lines: each step is its own function, in the order they run.
+//! One tool end to end (load, measure, check the encoder against training, report), about
+//! 500 lines: each step is its own function, in the order they run.
 
 use anyhow::{bail, Context as _};
 use parm_common::model::{manifest_paths, models_dir, Model, ModelManifest};
@@ -31,6 +35,7 @@ use rand::SeedableRng;
 use std::collections::BTreeMap;
 use clap::Parser;
 use parm_benchmarks::accuracy_code::{encode_groups, score_patterns, Coding};
+use parm_benchmarks::accuracy_free::{self, TrainingFree};
 use parm_benchmarks::accuracy_report::{paper_figure, pct, write_report, BaseResult, CodeResult, ParityResult, Report};
 use parm::mnist::Mnist;
 use std::io::Read as _;
@@ -232,9 +237,19 @@ fn main() -> anyhow::Result<()> {
     let models = args.models.clone().unwrap_or_else(models_dir);
     let out = args.out.clone().unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("results"));
     let (bases, parities) = manifests_by_role(&models)?;
-    let mut report =
-        Report { what: "degraded-mode accuracy", seed: args.seed, groupings: args.groupings, limit: args.limit, data: BTreeMap::new(), base: Vec::new(), parity: Vec::new(), codes: Vec::new() };
+    let mut report = Report {
+        what: "degraded-mode accuracy",
+        seed: args.seed,
+        groupings: args.groupings,
+        limit: args.limit,
+        data: BTreeMap::new(),
+        base: Vec::new(),
+        parity: Vec::new(),
+        codes: Vec::new(),
+        training_free: TrainingFree::default(),
+    };
     let mut sets: BTreeMap<String, TestSet> = BTreeMap::new();
+    let mut base_logits: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
     for base_path in &bases {
         let f = Model::load(base_path)?;
         let dataset = f.manifest.dataset.clone();
@@ -252,7 +267,12 @@ fn main() -> anyhow::Result<()> {
         for code in codes_of(&f.manifest.name, &parities)? {
             report.codes.push(measure_code(&code, &f, set, &logits, &args)?);
         }
+        if accuracy_free::BASES.contains(&f.manifest.name.as_str()) {
+            measure_training_free(base_path, &f, set, &logits, &args, &mut report.training_free)?;
+        }
+        base_logits.insert(f.manifest.name.clone(), logits);
     }
+    measure_backups(&report.base, &base_logits, &sets, &mut report.training_free)?;
     for (path, pm) in &parities {
         if !report.parity.iter().any(|r| r.name == pm.name) {
             eprintln!("accuracy: skipping {}: its base '{}' is not in {}", path.display(), pm.base.as_deref().unwrap_or("?"), models.display());
@@ -439,4 +459,39 @@ fn measure_code(members: &[&ParityManifest], f: &Model, set: &TestSet, logits: &
         eprintln!("accuracy: code k={k} r={r} over {}: {} missing from parities {:?}: {} ({} reconstructions)", c.base, p.missing, p.parities, pct(p.top1()), p.reconstructions);
     }
     Ok(c)
+}
+
+/// The Berrut and F-as-parity rows of F (`accuracy_free`), over the same groupings as the
+/// parity models.
+fn measure_training_free(path: &Path, f: &Model, set: &TestSet, logits: &[Vec<f32>], args: &Args, out: &mut TrainingFree) -> anyhow::Result<()> {
+    let orders: Vec<Vec<usize>> = (args.seed..args.seed + args.groupings).map(|s| grouping_order(set.data.images.len(), s)).collect();
+    let data = accuracy_free::Data {
+        base: &f.manifest.name,
+        dataset: &f.manifest.dataset,
+        images: &set.data.images,
+        labels: &set.data.labels,
+        logits,
+        orders: &orders,
+    };
+    let in_graph = accuracy_free::normalization_in_graph(path)?;
+    accuracy_free::measure(&|xs: &[Tensor]| run(f, xs), &data, in_graph, out)
+}
+
+/// Each backup of `accuracy_free::BACKUPS` whose models were both measured on one data set.
+fn measure_backups(bases: &[BaseResult], logits: &BTreeMap<String, Vec<Vec<f32>>>, sets: &BTreeMap<String, TestSet>, out: &mut TrainingFree) -> anyhow::Result<()> {
+    for (backup, base) in accuracy_free::BACKUPS {
+        let dataset = |name: &str| bases.iter().find(|b| b.name == name).map(|b| b.dataset.clone());
+        let (Some(d), Some(bl), Some(fl)) = (dataset(base), logits.get(backup), logits.get(base)) else {
+            eprintln!("accuracy: skipping the backup {backup} for {base}: not both in the models folder");
+            continue;
+        };
+        if dataset(backup).as_deref() != Some(d.as_str()) {
+            bail!("the backup {backup} and {base} are models of different data sets");
+        }
+        let set = sets.get(&d).with_context(|| format!("the {d} test set"))?;
+        let r = accuracy_free::measure_backup(backup, base, &d, bl, fl, &set.data.labels)?;
+        eprintln!("accuracy: backup {backup} for {base}: top-1 {}, agreement with F {}", pct(r.backup_top1), pct(r.agreement_with_base));
+        out.backup.push(r);
+    }
+    Ok(())
 }
