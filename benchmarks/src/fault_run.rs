@@ -74,7 +74,7 @@ pub async fn run(scn: &FaultScenario, env: &Env<'_>, progress: impl Fn(&str) + S
     progress(&format!("starting {} Kafka node(s) of this run's own (fresh data)", scn.brokers));
     let cluster = Arc::new(tokio::task::block_in_place(|| Cluster::start(CLUSTER_BASE_PORT, scn.brokers))?);
     let prefix = format!("faults-{}-{}", scn.name, parm_common::now_ms());
-    let kafka = KafkaArgs { brokers: cluster.bootstrap.clone(), topic_prefix: prefix.clone(), kafka_set: vec![], instance_id: None };
+    let kafka = KafkaArgs { brokers: cluster.bootstrap.clone(), topic_prefix: prefix.clone(), kafka_set: vec![], instance_id: None, consumer_defaults: vec![] };
     let parity_workers = scn.parity_workers();
     let layout = TopicLayout { query_partitions: 1, model_partitions: scn.model_workers as i32, parity_partitions: parity_workers as i32, decoder_partitions: 1 };
     create_topics(&kafka, &layout).await?;

@@ -249,7 +249,7 @@ async fn run_deployed(
 /// (parity) worker; they are deleted when the returned guard is dropped.
 async fn create_run_topics(scn: &Scenario, spec: &RunSpec, env: &Env<'_>, plan: &Plan) -> anyhow::Result<TopicsGuard> {
     let prefix = format!("bench-{}-{}", scn.name, parm_common::now_ms());
-    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix, kafka_set: kafka_settings(&spec.kafka)?, instance_id: None };
+    let kafka = KafkaArgs { brokers: env.brokers.to_string(), topic_prefix: prefix, kafka_set: kafka_settings(&spec.kafka)?, instance_id: None, consumer_defaults: vec![] };
     let layout = TopicLayout {
         query_partitions: 1,
         model_partitions: plan.model_workers as i32,

@@ -225,6 +225,10 @@ pub struct KafkaVariant {
     /// `--commit-interval-ms` of every service (exactly once).
     #[serde(default)]
     pub commit_interval_ms: Option<u64>,
+    /// `--worker-transactions` on every worker (exactly once: the workers commit in
+    /// transactions too, instead of writing their predictions outside them).
+    #[serde(default)]
+    pub worker_transactions: bool,
 }
 
 /// One run of a scenario.

@@ -51,6 +51,9 @@ pub(super) fn deployment_spec(scn: &Scenario, spec: &RunSpec, env: &Env<'_>, pla
     if let Some(delivery) = &spec.kafka.delivery {
         d.service_env.push(("PARM_DELIVERY".into(), delivery.clone()));
     }
+    if spec.kafka.worker_transactions {
+        d.service_env.push(("PARM_WORKER_TRANSACTIONS".into(), "true".into()));
+    }
     if let Some(ms) = spec.kafka.commit_interval_ms {
         d.service_env.push(("PARM_COMMIT_INTERVAL_MS".into(), ms.to_string()));
     }

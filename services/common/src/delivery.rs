@@ -6,13 +6,21 @@
 //! (restored from the results topic, see `parm_decoder::restore`) keeps a replayed query
 //! from being answered twice.
 //!
-//! **Exactly-once** (`--delivery exactly-once`, Kafka Streams' `exactly_once_v2`). Every
-//! service writes its outputs and its input offsets in one Kafka transaction
+//! **Exactly-once** (`--delivery exactly-once`, Kafka Streams' `exactly_once_v2`). The
+//! encoder and the decoder (and the workers with `--worker-transactions`) write their
+//! outputs and their input offsets in one Kafka transaction
 //! ([`Transactions::commit`], every `--commit-interval-ms`): a transactional producer,
 //! `send_offsets_to_transaction` with the consumer's group metadata (KIP-447: a zombie
 //! whose group generation is stale cannot commit), and `read_committed` consumers
 //! everywhere. The transactional id is stable per instance (`GROUP.INSTANCE-ID`), so a
 //! restarted instance fences its predecessor and aborts whatever it left open at once.
+//!
+//! By default the workers do not: a worker reads only committed queries and writes its
+//! predictions at least once. A prediction is a pure function of its committed query (same
+//! group, index and output on a replay), the decoder's join ignores a second prediction for
+//! a member, and the decoder never answers a query twice (its answered set, restored from
+//! the results topic), so a worker's replay after a crash reaches no client; and an answer
+//! then waits for two commits on its path instead of three.
 //!
 //! What can go wrong, and what a service does about it:
 //! - A rebalance: the open transaction is aborted and the service's state is dropped; every

@@ -45,6 +45,10 @@ pub struct KafkaArgs {
     /// in parm's broker-restart test.
     #[arg(long, env = "PARM_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Settings a service gives its consumers only, before `--kafka-set` (which overrides
+    /// them): see [`KafkaArgs::with_consumer_default`].
+    #[arg(skip)]
+    pub consumer_defaults: Vec<(String, String)>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -67,6 +71,15 @@ impl KafkaArgs {
         // Connections to a local broker: fail fast enough to say so, not hang for minutes.
         c.set("socket.connection.setup.timeout.ms", "10000");
         c
+    }
+
+    /// These settings with `key=value` for the service's consumers (a default it needs,
+    /// which `--kafka-set` still overrides; producers never see it, so librdkafka does not
+    /// warn of a consumer property on a producer).
+    pub fn with_consumer_default(&self, key: &str, value: &str) -> Self {
+        let mut k = self.clone();
+        k.consumer_defaults.push((key.to_string(), value.to_string()));
+        k
     }
 
     fn apply_overrides(&self, c: &mut ClientConfig) {
@@ -173,6 +186,9 @@ impl KafkaArgs {
             .set("statistics.interval.ms", "2000");
         if let Some(id) = &self.instance_id {
             c.set("group.instance.id", id);
+        }
+        for (k, v) in &self.consumer_defaults {
+            c.set(k, v);
         }
         self.apply_overrides(&mut c);
         c.create_with_context(ParmContext { rebalances: counter, positions, group: group.to_string(), delivery })

@@ -151,6 +151,10 @@ async fn exactly_once_every_query_gets_one_result_through_kills_and_a_broker_res
     let broker = tokio::task::block_in_place(|| Cluster::start(OWN_BROKER_PORT + 200, 1)).expect("starting a broker of this test's own");
     let mut p = Pipeline::start_on(&broker.bootstrap, "eos", 2, 1, |s| {
         s.service_env.push(("PARM_DELIVERY".into(), "exactly-once".into()));
+        // Both kinds of worker: model worker 0 (killed below) writes outside transactions,
+        // the default; model worker 1 and the parity worker (killed below) in them.
+        s.per_model_worker_args.push((1, vec!["--worker-transactions".into()]));
+        s.parity_worker_args.push("--worker-transactions".into());
         // Answers must come from the model or a reconstruction, not a passed deadline,
         // whatever a restart costs.
         let hard = "90000".to_string();

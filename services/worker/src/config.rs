@@ -65,6 +65,14 @@ pub struct WorkerArgs {
     /// throughput`: the same records and Kafka hops, no inference). The answers are wrong.
     #[arg(long, env = "PARM_PASS_THROUGH")]
     pub pass_through: bool,
+    /// Exactly once: run this worker's steps in Kafka transactions too. By default a worker
+    /// of an exactly-once deployment writes its predictions outside transactions, as at
+    /// least once, reading only committed queries: a prediction is a pure function of its
+    /// committed query, and the decoder ignores a second prediction for a member and never
+    /// answers a query twice, so a replay after a crash reaches no client, and each answer
+    /// waits for two commits (encoder, decoder) instead of three.
+    #[arg(long, env = "PARM_WORKER_TRANSACTIONS")]
+    pub worker_transactions: bool,
     /// Name of this worker in predictions and logs (default: role-pid).
     #[arg(long, env = "PARM_WORKER_ID")]
     pub worker_id: Option<String>,

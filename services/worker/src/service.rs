@@ -13,7 +13,7 @@ use crate::health::HealthReporter;
 use crate::inference::{pass_through, run_guarded};
 use crate::intake::{self, Admitted, Expect, Refusal};
 use opentelemetry::{Context, KeyValue};
-use parm_common::delivery::{self, Transactions};
+use parm_common::delivery::{self, Delivery, Transactions};
 use parm_common::kafka::{self, store_offsets, ParmContext, RebalanceCounter, Topics};
 use parm_common::metrics::{names, Tally};
 use parm_common::model::{resolve, Model};
@@ -89,8 +89,23 @@ pub async fn run(args: WorkerArgs, role: Role, shutdown: Shutdown) -> anyhow::Re
         Role::Model => "model-worker",
         Role::Parity => "parity-worker",
     };
+    let args = idempotent_in_exactly_once(args);
     let delivery = args.common.delivery.delivery;
     delivery::supervise(service, delivery, shutdown, |shutdown, started| session(args.clone(), role, models.clone(), shutdown, started)).await
+}
+
+/// Exactly once without `--worker-transactions`: the worker runs at least once (outputs
+/// acknowledged, then offsets committed; see `WorkerArgs::worker_transactions` for why no
+/// duplicate reaches a client), still reading only committed queries, with the short
+/// fetch wait of a reader of transactional outputs (a waiting fetch is not woken when a
+/// transaction commits).
+fn idempotent_in_exactly_once(mut args: WorkerArgs) -> WorkerArgs {
+    if args.common.delivery.exactly_once() && !args.worker_transactions {
+        args.common.delivery.delivery = Delivery::AtLeastOnce;
+        args.common.kafka = args.common.kafka.with_consumer_default("fetch.wait.max.ms", &kafka::READ_COMMITTED_FETCH_WAIT_MS.to_string());
+        tracing::info!("exactly-once deployment: this worker writes its predictions outside transactions (--worker-transactions to change)");
+    }
+    args
 }
 
 async fn session(args: WorkerArgs, role: Role, models: Vec<Arc<Model>>, mut shutdown: Shutdown, started: Arc<AtomicBool>) -> anyhow::Result<()> {

@@ -75,7 +75,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     };
     let prefix = format!("parm-demo-{}", now_ms());
-    let kafka = KafkaArgs { brokers: brokers.clone(), topic_prefix: prefix.clone(), kafka_set: vec![], instance_id: None };
+    let kafka = KafkaArgs { brokers: brokers.clone(), topic_prefix: prefix.clone(), kafka_set: vec![], instance_id: None, consumer_defaults: vec![] };
     let parity_workers = (args.model_workers / k).max(1);
     let layout = TopicLayout {
         query_partitions: 1,

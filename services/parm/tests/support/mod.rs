@@ -46,7 +46,7 @@ pub fn kafka_for(test: &str) -> KafkaArgs {
 
 /// Like [`kafka_for`], on another broker.
 pub fn kafka_on(brokers: &str, test: &str) -> KafkaArgs {
-    KafkaArgs { brokers: brokers.to_string(), topic_prefix: format!("t-{test}-{}", now_ms()), kafka_set: vec![], instance_id: None }
+    KafkaArgs { brokers: brokers.to_string(), topic_prefix: format!("t-{test}-{}", now_ms()), kafka_set: vec![], instance_id: None, consumer_defaults: vec![] }
 }
 
 /// A running deployment and a client connected to it.
