@@ -412,8 +412,13 @@ impl Worker {
                 _ => work.push((model.clone(), vec![item.q.tensor.clone()])),
             }
         }
-        // Intake admits only parity indexes this worker serves; keep the pairing exact anyway.
-        items.retain(|i| i.q.parity_index < self.models.len());
+        // Intake admits only parity indexes this worker serves; keep the pairing exact anyway,
+        // and never leave a dropped item's input held (it would stall the offset commits).
+        let (kept, unserved): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| i.q.parity_index < self.models.len());
+        for item in unserved {
+            self.outbox.tracker.release(item.origin);
+        }
+        let items = kept;
         let names: Vec<String> = work.iter().map(|(m, _)| m.manifest.name.clone()).collect();
         let links: Vec<_> = items.iter().filter_map(|i| telemetry::link_to(&i.cx)).collect();
         let infer_cx = telemetry::internal_span(
