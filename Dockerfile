@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The parm image: one binary (`parm`, every service is a subcommand), the ONNX models and
 # the Avro schemas. Build: `docker build -t parm .` (docker-compose.yml builds it too).
 #
@@ -6,6 +5,8 @@
 # (rdkafka-sys, with make), which needs a C toolchain, make and the zlib headers:
 # all in the rust:*-bookworm image. The cache mounts keep the cargo registry and target
 # folder between builds (BuildKit, the default builder of `docker build` and `docker compose`).
+# No `# syntax=` line: the Dockerfile frontend built into the engine reads RUN --mount, and
+# naming one would pull docker/dockerfile from a registry, which fails where none is reachable.
 ARG RUST_VERSION=1.95
 FROM rust:${RUST_VERSION}-bookworm AS builder
 WORKDIR /src
