@@ -94,12 +94,22 @@ impl HealthView {
     /// The first partition from `preferred` on (wrapping around `partitions`) whose parity
     /// worker is not slow; `preferred` itself when all are.
     pub fn healthy_parity_partition(&self, preferred: i32, partitions: i32, now: u64) -> i32 {
+        self.healthy_parity_partition_apart(preferred, partitions, &[], now)
+    }
+
+    /// Like [`HealthView::healthy_parity_partition`], but the first healthy partition not in
+    /// `taken` where there is one: a group's r parity queries start on r different
+    /// partitions, and moving one off a slow worker must not put it beside another of the
+    /// same group (one slow worker would then hold back both).
+    pub fn healthy_parity_partition_apart(&self, preferred: i32, partitions: i32, taken: &[i32], now: u64) -> i32 {
         if self.widespread("parity", now) {
             return preferred;
         }
-        (0..partitions)
-            .map(|i| preferred.saturating_add(i) % partitions)
-            .find(|p| !self.owner_slow("parity", *p, now))
+        let healthy = |p: &i32| !self.owner_slow("parity", *p, now);
+        let from_preferred = || (0..partitions).map(|i| preferred.saturating_add(i) % partitions);
+        from_preferred()
+            .find(|p| healthy(p) && !taken.contains(p))
+            .or_else(|| from_preferred().find(healthy))
             .unwrap_or(preferred)
     }
 }
@@ -203,6 +213,21 @@ mod tests {
         assert!(v.record(report("p1", "parity", vec![1], true), 4).is_empty(), "two of three: no resend");
         assert!(!v.is_slow("parity", 0, 4));
         assert_eq!(v.healthy_parity_partition(0, 3, 4), 0, "standing down: the preferred one");
+    }
+
+    #[test]
+    fn a_groups_parities_moved_off_a_slow_worker_stay_apart() {
+        let mut v = HealthView::default();
+        for p in 0..3 {
+            v.record(report(&format!("p{p}"), "parity", vec![p], p == 0), 0);
+        }
+        // r = 2 from partition 0: parity 0 moves off the slow 0 to 1, so parity 1 (which
+        // starts on 1) goes on to 2, not beside it.
+        assert_eq!(v.healthy_parity_partition_apart(0, 3, &[], 1), 1);
+        assert_eq!(v.healthy_parity_partition_apart(1, 3, &[1], 1), 2);
+        // With no healthy partition left apart, a healthy one is still better than the slow.
+        assert_eq!(v.healthy_parity_partition_apart(1, 3, &[1, 2], 1), 1);
+        assert_eq!(v.healthy_parity_partition_apart(2, 3, &[], 1), 2, "nothing taken: as before");
     }
 
     #[test]

@@ -458,6 +458,7 @@ impl Encoder {
         }
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
 
+        let mut parity_partitions_taken = Vec::with_capacity(self.plan.parities());
         for (j, parity_input) in parity_inputs.into_iter().flatten().enumerate() {
             let parity = ParityQuery {
                 group_id: g.id.clone(),
@@ -474,8 +475,9 @@ impl Encoder {
             // that many, so one slow parity worker holds back at most one of them.
             let mut parity_partition = (group_partition(&g.id, self.parity_partitions) + j as i32) % self.parity_partitions.max(1);
             if let Some((view, _)) = &self.health {
-                parity_partition = view.healthy_parity_partition(parity_partition, self.parity_partitions, now);
+                parity_partition = view.healthy_parity_partition_apart(parity_partition, self.parity_partitions, &parity_partitions_taken, now);
             }
+            parity_partitions_taken.push(parity_partition);
             // The parity query starts a trace of its own, linked to every member it encodes.
             let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
             let payload = avro::encode(&parity)?;
