@@ -110,10 +110,15 @@ impl KafkaArgs {
         c.set("transactional.id", id)
             .set("transaction.timeout.ms", transaction_timeout_ms.to_string())
             // A transaction's next request while the coordinator still completes the last
-            // commit is answered CONCURRENT_TRANSACTIONS; librdkafka retries AddOffsetsToTxn
-            // after retry.backoff.ms (100 by default), which made short commit intervals
-            // stall (benchmarks/README.md, exactly-once).
-            .set("retry.backoff.ms", "10");
+            // commit (writes its markers, a millisecond or two) is answered
+            // CONCURRENT_TRANSACTIONS, and librdkafka retries it after retry.backoff.ms (100
+            // by default; AddPartitionsToTxn after a fixed 20 ms, which parm's patched
+            // librdkafka caps at retry.backoff.ms: third_party/rdkafka-sys/PARM-PATCH.md).
+            // Every transaction that followed a commit closely waited that long: at 600
+            // queries/s, p50 140 ms at 20 ms, 48 ms at 10 and 41 ms at 2
+            // (benchmarks/README.md, exactly-once). Other retries back off exponentially
+            // from here, up to retry.backoff.max.ms.
+            .set("retry.backoff.ms", "2");
         self.apply_overrides(&mut c);
         c.create().with_context(|| format!("creating a transactional Kafka producer for {}", self.brokers))
     }

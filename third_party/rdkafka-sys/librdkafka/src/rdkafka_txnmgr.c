@@ -900,7 +900,15 @@ static void rd_kafka_txn_handle_AddPartitionsToTxn(rd_kafka_t *rk,
                                 break;
 
                         case RD_KAFKA_RESP_ERR_CONCURRENT_TRANSACTIONS:
-                                retry_backoff_ms = 20;
+                                /* parm patch: the coordinator answers this
+                                 * while it still completes the previous
+                                 * commit (writes its markers), which takes
+                                 * a millisecond or two; a fixed 20 ms held
+                                 * back every transaction that followed a
+                                 * commit closely. Retry after
+                                 * retry.backoff.ms, at most 20 ms. */
+                                retry_backoff_ms =
+                                    RD_MIN(20, rk->rk_conf.retry_backoff_ms);
                                 /* FALLTHRU */
                         case RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS:
                         case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART:
