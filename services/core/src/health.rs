@@ -124,6 +124,9 @@ pub struct SentParity<H> {
     /// The encoded record, as sent.
     pub payload: Vec<u8>,
     pub headers: H,
+    /// The partitions of the group's other parity queries (r > 1), which a second send
+    /// avoids where it can ([`HealthView::healthy_parity_partition_apart`]).
+    pub beside: Vec<i32>,
 }
 
 /// The parity queries sent to each partition within the resend window.
@@ -234,9 +237,9 @@ mod tests {
     fn the_log_gives_each_recent_parity_once() {
         let mut log = ParityLog::new(500);
         for (at, g) in [(0, "a"), (400, "b"), (600, "c")] {
-            log.push(1, SentParity { at, group_id: g.into(), payload: vec![], headers: () });
+            log.push(1, SentParity { at, group_id: g.into(), payload: vec![], headers: (), beside: vec![] });
         }
-        log.push(2, SentParity { at: 600, group_id: "d".into(), payload: vec![], headers: () });
+        log.push(2, SentParity { at: 600, group_id: "d".into(), payload: vec![], headers: (), beside: vec![] });
         let ids: Vec<String> = log.take_recent(1, 700).into_iter().map(|s| s.group_id).collect();
         assert_eq!(ids, ["b", "c"], "'a' is older than the window");
         assert!(log.take_recent(1, 700).is_empty(), "taken once");

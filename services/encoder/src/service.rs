@@ -341,11 +341,12 @@ impl Encoder {
         let mut sends = Vec::new();
         let report = HealthReport { worker: report.worker, role: report.role, partitions: report.partitions, slow: report.slow };
         for slow in view.record(report, now) {
-            let target = view.healthy_parity_partition((slow + 1) % self.parity_partitions, self.parity_partitions, now);
-            if target == slow {
-                continue; // every parity worker is slow: nowhere better to go
-            }
             for sent in log.take_recent(slow, now) {
+                // The next healthy partition, not one of the group's other parities.
+                let target = view.healthy_parity_partition_apart((slow + 1) % self.parity_partitions, self.parity_partitions, &sent.beside, now);
+                if target == slow {
+                    continue; // every parity worker is slow: nowhere better to go
+                }
                 let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(target), &sent.group_id, &sent.payload, sent.headers).await?;
                 sends.push((f, self.topics.parity_queries.clone()));
             }
@@ -459,6 +460,7 @@ impl Encoder {
         let hard_deadline_at = manifest_members.iter().map(|m| m.hard_deadline_at_ms).max().unwrap_or(now as i64);
 
         let mut parity_partitions_taken = Vec::with_capacity(self.plan.parities());
+        let mut to_log = Vec::new();
         for (j, parity_input) in parity_inputs.into_iter().flatten().enumerate() {
             let parity = ParityQuery {
                 group_id: g.id.clone(),
@@ -482,11 +484,21 @@ impl Encoder {
             let cx = telemetry::send_span(SERVICE, &self.topics.parity_queries, Some(parity_partition), &g.id, &Context::new(), links.clone());
             let payload = avro::encode(&parity)?;
             let headers = telemetry::inject(&cx);
-            if let Some((_, log)) = self.health.as_mut().filter(|(_, log)| log.is_enabled()) {
-                log.push(parity_partition, SentParity { at: now, group_id: g.id.clone(), payload: payload.clone(), headers: headers.clone() });
+            if self.health.as_ref().is_some_and(|(_, log)| log.is_enabled()) {
+                to_log.push(SentParity { at: now, group_id: g.id.clone(), payload: payload.clone(), headers: headers.clone(), beside: Vec::new() });
             }
             let f = kafka::send(&self.producer, &self.topics.parity_queries, Some(parity_partition), &g.id, &payload, headers).await?;
             sends.push((f, self.topics.parity_queries.clone()));
+        }
+        // Logged once every parity's partition is known, so that a second send of one can
+        // avoid the partitions of the others.
+        if let Some((_, log)) = self.health.as_mut() {
+            for (j, mut sent) in to_log.into_iter().enumerate() {
+                sent.beside = parity_partitions_taken.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, p)| *p).collect();
+                if let Some(&partition) = parity_partitions_taken.get(j) {
+                    log.push(partition, sent);
+                }
+            }
         }
 
         let manifest = GroupManifest {

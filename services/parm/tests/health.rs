@@ -127,6 +127,14 @@ async fn slow_workers_are_routed_around_with(name: &str, code: &str, parity_work
     // names a partition it owned before the assignment settled), two parities share a
     // healthy one; that is rare. Before they were kept apart, a third of the groups had both
     // parities on one partition (14 of 42).
+    // Nor did a second send put a group's parity beside another of its parities.
+    let mut on_partition: HashMap<(&str, i32), HashSet<i32>> = HashMap::new();
+    for (p, x) in &parity {
+        on_partition.entry((x.group_id.as_str(), *p)).or_default().insert(x.parity_index);
+    }
+    let shared = on_partition.values().filter(|indexes| indexes.len() > 1).count();
+    eprintln!("{shared} (group, partition) pairs hold two parities of one group");
+    assert!(shared * 100 <= groups.len() * 15, "{shared} times two parities of one group on one partition, of {} groups", groups.len());
     assert!(spread * 100 >= groups.len() * 85, "{spread} of {} groups had their {r} parity queries on {r} partitions; (group, parity, partition) of the others: {together:?}", groups.len());
     assert!(twice > 0, "the slow parity worker's recent parity queries were sent again");
 }
