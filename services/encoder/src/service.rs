@@ -343,7 +343,7 @@ impl Encoder {
         for slow in view.record(report, now) {
             for sent in log.take_recent(slow, now) {
                 // The next healthy partition, not one of the group's other parities.
-                let target = view.healthy_parity_partition_apart((slow + 1) % self.parity_partitions, self.parity_partitions, &sent.beside, now);
+                let target = view.healthy_parity_partition_apart(slow.saturating_add(1) % self.parity_partitions.max(1), self.parity_partitions, &sent.beside, now);
                 if target == slow {
                     continue; // every parity worker is slow: nowhere better to go
                 }
