@@ -124,8 +124,8 @@ pub struct SentParity<H> {
     /// The encoded record, as sent.
     pub payload: Vec<u8>,
     pub headers: H,
-    /// The partitions of the group's other parity queries (r > 1), which a second send
-    /// avoids where it can ([`HealthView::healthy_parity_partition_apart`]).
+    /// The partitions of the group's parity queries (this one's among them), which a
+    /// second send avoids where it can ([`HealthView::healthy_parity_partition_apart`]).
     pub beside: Vec<i32>,
 }
 

@@ -493,11 +493,8 @@ impl Encoder {
         // Logged once every parity's partition is known, so that a second send of one can
         // avoid the partitions of the others.
         if let Some((_, log)) = self.health.as_mut() {
-            for (j, mut sent) in to_log.into_iter().enumerate() {
-                sent.beside = parity_partitions_taken.iter().enumerate().filter(|(i, _)| *i != j).map(|(_, p)| *p).collect();
-                if let Some(&partition) = parity_partitions_taken.get(j) {
-                    log.push(partition, sent);
-                }
+            for (sent, &partition) in to_log.into_iter().zip(&parity_partitions_taken) {
+                log.push(partition, SentParity { beside: parity_partitions_taken.clone(), ..sent });
             }
         }
 
